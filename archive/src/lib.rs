@@ -1,0 +1,1 @@
+//! volsnap/1 archives.

@@ -1,0 +1,200 @@
+//! Domain types shared by the API and the worker. Every enum that is stored maps to a
+//! lowercase text column guarded by a CHECK constraint in `migrations/`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use crate::ids::{BatchId, JobId, SnapshotId, WorkloadId};
+
+macro_rules! text_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
+        #[sqlx(type_name = "text")]
+        pub enum $name {
+            $(
+                #[serde(rename = $text)]
+                #[sqlx(rename = $text)]
+                $variant,
+            )+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownVariant;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownVariant { kind: stringify!($name), value: s.to_owned() }),
+                }
+            }
+        }
+    };
+}
+
+/// A string that names no variant of a stored enum.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {kind} {value:?}")]
+pub struct UnknownVariant {
+    pub kind: &'static str,
+    pub value: String,
+}
+
+text_enum!(
+    /// What a job does.
+    JobKind { Capture = "capture", Restore = "restore" }
+);
+
+text_enum!(
+    /// Where a job is in its life. See docs/queue.md for the diagram.
+    JobState {
+        Queued = "queued",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+);
+
+impl JobState {
+    /// Final states never change again.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+text_enum!(
+    /// How a workload is deployed. Only `image` workloads may be restored.
+    SourceKind { Image = "image", Git = "git", Compose = "compose" }
+);
+
+text_enum!(
+    /// Why a snapshot exists.
+    SnapshotKind { Manual = "manual", PreRestore = "pre-restore", Imported = "imported" }
+);
+
+text_enum!(
+    /// A snapshot's life: only `ready` snapshots can be restored.
+    SnapshotState { Capturing = "capturing", Ready = "ready", Failed = "failed" }
+);
+
+text_enum!(
+    /// How a volume's `source` is resolved on the worker. See DESIGN.md "Volume scopes".
+    VolumeScope { Absolute = "absolute", Project = "project", Stage = "stage" }
+);
+
+text_enum!(
+    /// An API token's power.
+    Role { Admin = "admin", Viewer = "viewer" }
+);
+
+/// One data volume of a workload: a host path (by scope) bind-mounted at `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VolumeSpec {
+    pub scope: VolumeScope,
+    pub source: String,
+    /// Absolute path inside the container; the key that maps snapshot volumes.
+    pub target: String,
+}
+
+/// A workload row.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Workload {
+    pub id: WorkloadId,
+    pub name: String,
+    pub project: String,
+    pub stage: String,
+    pub node: String,
+    pub source_kind: SourceKind,
+    pub image: Option<String>,
+    #[sqlx(json)]
+    pub volumes: Vec<VolumeSpec>,
+    pub stop_for_capture: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A snapshot row.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Snapshot {
+    pub id: SnapshotId,
+    pub workload_id: WorkloadId,
+    pub node: String,
+    pub kind: SnapshotKind,
+    pub state: SnapshotState,
+    pub archive_path: Option<String>,
+    pub size_bytes: Option<i64>,
+    pub sha256: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub manifest: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// A job row: the queue entry and its status, as clients see it.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Job {
+    pub id: JobId,
+    pub kind: JobKind,
+    pub workload_id: WorkloadId,
+    pub snapshot_id: Option<SnapshotId>,
+    pub node: String,
+    pub state: JobState,
+    pub phase: String,
+    pub progress_done: i64,
+    pub progress_total: i64,
+    pub attempt: i32,
+    pub recovering: bool,
+    pub cancel_requested: bool,
+    pub past_point_of_no_return: bool,
+    pub worker_id: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub pre_restore_snapshot_id: Option<SnapshotId>,
+    pub batch_id: Option<BatchId>,
+    pub requested_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub heartbeat_at: Option<DateTime<Utc>>,
+}
+
+/// The column list matching [`Job`], for `SELECT`/`RETURNING`.
+pub const JOB_COLUMNS: &str = "id, kind, workload_id, snapshot_id, node, state, phase, progress_done, \
+     progress_total, attempt, recovering, cancel_requested, past_point_of_no_return, worker_id, \
+     error_code, error_message, pre_restore_snapshot_id, batch_id, requested_by, created_at, \
+     started_at, finished_at, heartbeat_at";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_round_trip_through_text() {
+        for s in JobState::ALL {
+            assert_eq!(s.as_str().parse::<JobState>().unwrap(), *s);
+        }
+        assert_eq!(SnapshotKind::PreRestore.as_str(), "pre-restore");
+        assert!("bogus".parse::<JobKind>().is_err());
+        assert_eq!(
+            serde_json::to_string(&SnapshotKind::PreRestore).unwrap(),
+            "\"pre-restore\""
+        );
+    }
+}

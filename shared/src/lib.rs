@@ -1,0 +1,8 @@
+//! volsnap-shared: what the API and the worker agree on — domain types, database
+//! access, the job queue and telemetry. Neither volumes nor Docker are touched here.
+
+pub mod domain;
+pub mod ids;
+
+/// The schema migrations, applied by `volsnap-api migrate`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
