@@ -2,6 +2,7 @@
 //! access, the job queue and telemetry. Neither volumes nor Docker are touched here.
 
 pub mod domain;
+pub mod failure;
 pub mod ids;
 
 /// The schema migrations, applied by `volsnap-api migrate`.
