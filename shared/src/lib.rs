@@ -1,6 +1,7 @@
 //! volsnap-shared: what the API and the worker agree on — domain types, database
 //! access, the job queue and telemetry. Neither volumes nor Docker are touched here.
 
+pub mod db;
 pub mod domain;
 pub mod failure;
 pub mod ids;
