@@ -75,7 +75,10 @@ text_enum!(
 impl JobState {
     /// Final states never change again.
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
     }
 }
 
@@ -175,11 +178,20 @@ pub struct Job {
     pub heartbeat_at: Option<DateTime<Utc>>,
 }
 
-/// The column list matching [`Job`], for `SELECT`/`RETURNING`.
-pub const JOB_COLUMNS: &str = "id, kind, workload_id, snapshot_id, node, state, phase, progress_done, \
+/// The column list matching [`Job`], for `SELECT`/`RETURNING`, as a literal so it can
+/// be `concat!`-ed into static SQL (sqlx 0.9 refuses unaudited dynamic SQL strings).
+#[macro_export]
+macro_rules! job_columns {
+    () => {
+        "id, kind, workload_id, snapshot_id, node, state, phase, progress_done, \
      progress_total, attempt, recovering, cancel_requested, past_point_of_no_return, worker_id, \
      error_code, error_message, pre_restore_snapshot_id, batch_id, requested_by, created_at, \
-     started_at, finished_at, heartbeat_at";
+     started_at, finished_at, heartbeat_at"
+    };
+}
+
+/// The column list matching [`Job`], for `SELECT`/`RETURNING`.
+pub const JOB_COLUMNS: &str = job_columns!();
 
 #[cfg(test)]
 mod tests {

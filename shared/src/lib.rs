@@ -5,6 +5,7 @@ pub mod db;
 pub mod domain;
 pub mod failure;
 pub mod ids;
+pub mod queue;
 
 /// The schema migrations, applied by `volsnap-api migrate`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -1,0 +1,257 @@
+//! The job queue: the `jobs` table, in the style of River and underway.
+//!
+//! - [`enqueue`] runs inside the caller's transaction, so domain rows and the job commit
+//!   together; a single-flight conflict is a typed error naming the active job and does
+//!   not abort the caller's transaction.
+//! - Workers claim with one `UPDATE … FOR UPDATE SKIP LOCKED` statement filtered by node
+//!   (see [`worker`]), then hold the workload's advisory lock on a dedicated connection.
+//! - Every update a worker makes is fenced on `(id, attempt, state = 'running')`: a
+//!   worker that lost its lease cannot overwrite the job.
+//! - A job whose heartbeat expired is never re-run blindly: [`rescue_expired`] puts it
+//!   back on its node as `queued` + `recovering`.
+//!
+//! The state diagram is in `docs/queue.md`.
+
+pub mod events;
+pub mod stats;
+pub mod worker;
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+
+use crate::domain::{Job, JobKind, JobState};
+use crate::ids::{BatchId, JobId, SnapshotId, WorkloadId};
+
+pub use events::JobEvents;
+
+/// The advisory-lock class id (first int of the two-int form): "vols".
+pub const ADVISORY_LOCK_CLASS: i32 = 0x766f_6c73;
+
+/// The second int of the advisory lock for a workload: all 128 bits folded into 32.
+/// Two workloads may share a key; that only serialises them needlessly.
+pub fn workload_lock_key(id: WorkloadId) -> i32 {
+    let v = id.0.as_u128();
+    let folded = (v as u32) ^ ((v >> 32) as u32) ^ ((v >> 64) as u32) ^ ((v >> 96) as u32);
+    folded as i32
+}
+
+/// A job to put on the queue.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub kind: JobKind,
+    pub workload_id: WorkloadId,
+    pub snapshot_id: Option<SnapshotId>,
+    pub node: String,
+    pub batch_id: Option<BatchId>,
+    pub requested_by: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    /// The workload already has a queued or running job (single-flight).
+    #[error("workload already has an active job {active_job}")]
+    AlreadyActive { active_job: JobId },
+    #[error("database error while enqueueing")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Errors of the fenced updates a worker makes to its own job.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The job is no longer ours: its lease expired and it was rescued, or it was
+    /// otherwise moved on. The caller must stop touching it.
+    #[error("lease on job {0} lost (attempt fenced)")]
+    LeaseLost(JobId),
+    #[error("database error")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Insert a job inside the caller's transaction (or on a plain connection).
+///
+/// Uses `ON CONFLICT DO NOTHING` against the single-flight index, so a conflict leaves
+/// the caller's transaction usable. A concurrent uncommitted enqueue for the same
+/// workload makes this wait for it, as the unique index does.
+pub async fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Job, EnqueueError> {
+    let sql = concat!(
+        "INSERT INTO jobs (id, kind, workload_id, snapshot_id, node, batch_id, requested_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (workload_id) WHERE state IN ('queued', 'running') DO NOTHING \
+         RETURNING ",
+        crate::job_columns!(),
+        ""
+    );
+    // The active job may finish between our conflict and the look-up: try again then.
+    for _ in 0..5 {
+        let inserted = sqlx::query_as::<_, Job>(sql)
+            .bind(JobId::new())
+            .bind(job.kind)
+            .bind(job.workload_id)
+            .bind(job.snapshot_id)
+            .bind(&job.node)
+            .bind(job.batch_id)
+            .bind(&job.requested_by)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(j) = inserted {
+            return Ok(j);
+        }
+        let active: Option<JobId> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE workload_id = $1 AND state IN ('queued', 'running')",
+        )
+        .bind(job.workload_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(active_job) = active {
+            return Err(EnqueueError::AlreadyActive { active_job });
+        }
+    }
+    Err(EnqueueError::Db(sqlx::Error::Protocol(
+        "single-flight conflict kept changing; giving up".into(),
+    )))
+}
+
+/// Options of a batch of restore jobs, enforced by the queue.
+#[derive(Debug, Clone, Default)]
+pub struct NewBatch {
+    pub requested_by: Option<String>,
+    pub item_count: i32,
+    /// At most this many of the batch's jobs run at once.
+    pub max_parallel: Option<i32>,
+    /// Once this many of the batch's jobs failed, its queued jobs are cancelled.
+    pub stop_after_failures: Option<i32>,
+}
+
+pub async fn create_batch(conn: &mut PgConnection, b: &NewBatch) -> Result<BatchId, sqlx::Error> {
+    let id = BatchId::new();
+    sqlx::query(
+        "INSERT INTO batches (id, requested_by, item_count, max_parallel, stop_after_failures) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(&b.requested_by)
+    .bind(b.item_count)
+    .bind(b.max_parallel)
+    .bind(b.stop_after_failures)
+    .execute(conn)
+    .await?;
+    Ok(id)
+}
+
+pub async fn get_job<'e, E>(exec: E, id: JobId) -> Result<Option<Job>, sqlx::Error>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    sqlx::query_as::<_, Job>(concat!(
+        "SELECT ",
+        crate::job_columns!(),
+        " FROM jobs WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(exec)
+    .await
+}
+
+/// What a cancel request did.
+#[derive(Debug)]
+pub enum CancelOutcome {
+    /// The job was queued and is now cancelled.
+    Cancelled(Job),
+    /// The job is running but has not reached its point of no return: its worker will
+    /// stop it and mark it cancelled.
+    Requested(Job),
+    /// The job has already stopped containers (or otherwise begun destructive work).
+    TooLate(Job),
+    AlreadyFinal(Job),
+    NotFound,
+}
+
+pub async fn cancel(pool: &PgPool, id: JobId) -> Result<CancelOutcome, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let cancelled = sqlx::query_as::<_, Job>(concat!(
+        "UPDATE jobs SET state = 'cancelled', phase = 'cancelled', finished_at = now(), \
+         error_code = NULL, error_message = 'cancelled before it started' \
+         WHERE id = $1 AND state = 'queued' RETURNING ",
+        crate::job_columns!(),
+        ""
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(job) = cancelled {
+        stats::record_finished(&mut tx, &job).await?;
+        tx.commit().await?;
+        return Ok(CancelOutcome::Cancelled(job));
+    }
+    let requested = sqlx::query_as::<_, Job>(concat!(
+        "UPDATE jobs SET cancel_requested = true \
+         WHERE id = $1 AND state = 'running' AND NOT past_point_of_no_return \
+         RETURNING ",
+        crate::job_columns!(),
+        ""
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(job) = requested {
+        tx.commit().await?;
+        return Ok(CancelOutcome::Requested(job));
+    }
+    let job = get_job(&mut *tx, id).await?;
+    tx.commit().await?;
+    Ok(match job {
+        None => CancelOutcome::NotFound,
+        Some(j) if j.state.is_final() => CancelOutcome::AlreadyFinal(j),
+        // Running past the point of no return (a queued job would have been cancelled
+        // above; a row that changed under us in between is reported as it is now).
+        Some(j) if j.state == JobState::Running => CancelOutcome::TooLate(j),
+        Some(j) => CancelOutcome::Requested(j),
+    })
+}
+
+/// Return running jobs whose heartbeat is older than `lease` to their node as
+/// `queued` + `recovering`. The attempt is not changed here; the next claim bumps it,
+/// which fences the stale owner.
+pub async fn rescue_expired(pool: &PgPool, lease: Duration) -> Result<Vec<JobId>, sqlx::Error> {
+    let ids: Vec<JobId> = sqlx::query_scalar(
+        "UPDATE jobs SET state = 'queued', recovering = true, worker_id = NULL, \
+         phase = 'awaiting recovery' \
+         WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => $1) \
+         RETURNING id",
+    )
+    .bind(lease.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    if !ids.is_empty() {
+        tracing::warn!(count = ids.len(), jobs = ?ids, "rescued jobs with expired heartbeats; they will run recovery");
+    }
+    Ok(ids)
+}
+
+/// Delete finished jobs (and empty batches) older than `older_than`. Counters that
+/// alerting needs are kept in `job_outcome_stats`, so pruning never resets a metric.
+pub async fn prune_finished(pool: &PgPool, older_than: Duration) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE finished_at IS NOT NULL \
+             AND finished_at < now() - make_interval(secs => $1) LIMIT 1000)",
+        )
+        .bind(older_than.as_secs_f64())
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += n;
+        if n < 1000 {
+            break;
+        }
+    }
+    sqlx::query(
+        "DELETE FROM batches b WHERE created_at < now() - make_interval(secs => $1) \
+         AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id)",
+    )
+    .bind(older_than.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(total)
+}

@@ -1,0 +1,785 @@
+//! The worker side of the queue: claim, lock, heartbeat, run, finish.
+//!
+//! [`run`] is the agent loop used by `volsnap-worker run` (and by tests with their own
+//! [`JobHandler`]). It never busy-loops: it sleeps on LISTEN wake-ups for its node,
+//! a slow poll, a finished job, or shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
+use tokio::sync::broadcast;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::events::{INSERT_CHANNEL, spawn_listener};
+use super::{ADVISORY_LOCK_CLASS, QueueError, stats, workload_lock_key};
+use crate::domain::{Job, JobState};
+use crate::ids::{JobId, SnapshotId};
+
+/// How a worker behaves. Defaults suit production; tests shorten the intervals.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub node: String,
+    /// Unique per process; recorded on the jobs it runs.
+    pub worker_id: String,
+    /// Jobs run at once by this process.
+    pub concurrency: usize,
+    /// How often running jobs' heartbeats are written.
+    pub heartbeat_interval: Duration,
+    /// A running job whose heartbeat is older than this is rescued (queued + recovering).
+    pub lease: Duration,
+    /// Fallback poll when no notification arrives.
+    pub poll_interval: Duration,
+    /// How long a graceful stop waits for running jobs.
+    pub shutdown_grace: Duration,
+    /// Finished jobs older than this are deleted (None: never).
+    pub prune_after: Option<Duration>,
+}
+
+impl WorkerConfig {
+    pub fn new(node: impl Into<String>) -> Self {
+        let node = node.into();
+        let worker_id = format!(
+            "{node}:{}:{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        WorkerConfig {
+            node,
+            worker_id,
+            concurrency: 2,
+            heartbeat_interval: Duration::from_secs(5),
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(600),
+            prune_after: Some(Duration::from_secs(30 * 24 * 3600)),
+        }
+    }
+}
+
+/// How a job's run ended, as its handler reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    Succeeded,
+    /// `code` is a stable code (see [`crate::failure`]); `message` is client-safe.
+    Failed {
+        code: String,
+        message: String,
+    },
+    /// Stopped on a cancel request, before its point of no return.
+    Cancelled,
+    /// Put back as plainly `queued` (e.g. graceful shutdown before any destructive step).
+    Requeue,
+    /// Put back as `queued` + `recovering`: the next claimer runs recovery first.
+    RequeueForRecovery,
+    /// The job is no longer ours (lease lost); leave the row alone.
+    Abandon,
+}
+
+impl JobOutcome {
+    pub fn failed(code: &str, message: impl Into<String>) -> Self {
+        JobOutcome::Failed {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What the agent runs. `startup_recovery` runs once, before the first claim.
+pub trait JobHandler: Send + Sync + 'static {
+    fn startup_recovery(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
+    fn run(&self, ctx: JobContext) -> impl Future<Output = JobOutcome> + Send;
+}
+
+/// Why the point of no return was not entered.
+#[derive(Debug, thiserror::Error)]
+pub enum PointOfNoReturnError {
+    #[error("the job was cancelled")]
+    Cancelled,
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// A claimed job and the fenced operations its handler may perform on it.
+pub struct JobContext {
+    pub job: Job,
+    pool: PgPool,
+    /// Cancelled when the process is asked to stop: stop before the point of no return
+    /// (return [`JobOutcome::Requeue`]) or carry on to a safe end.
+    pub shutdown: CancellationToken,
+    /// Cancelled when the heartbeat finds the job is no longer ours, or when the
+    /// database has been unreachable for most of a lease.
+    pub lease_lost: CancellationToken,
+    last_progress: Mutex<Option<Instant>>,
+}
+
+impl JobContext {
+    pub fn id(&self) -> JobId {
+        self.job.id
+    }
+
+    pub fn attempt(&self) -> i32 {
+        self.job.attempt
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn fenced(
+        &self,
+        sql: &'static str,
+        bind: impl FnOnce(FencedQuery) -> FencedQuery,
+    ) -> Result<(), QueueError> {
+        let q = sqlx::query(sql).bind(self.job.id).bind(self.job.attempt);
+        let n = bind(q).execute(&self.pool).await?.rows_affected();
+        if n == 0 {
+            self.lease_lost.cancel();
+            return Err(QueueError::LeaseLost(self.job.id));
+        }
+        Ok(())
+    }
+
+    /// Record the current step (shown to clients).
+    pub async fn set_phase(&self, phase: &str) -> Result<(), QueueError> {
+        self.fenced(
+            "UPDATE jobs SET phase = $3 WHERE id = $1 AND attempt = $2 AND state = 'running'",
+            |q| q.bind(phase.to_owned()),
+        )
+        .await
+    }
+
+    /// Record byte progress. Throttled to a few writes a second unless complete.
+    pub async fn set_progress(&self, done: u64, total: u64) -> Result<(), QueueError> {
+        {
+            let mut last = self.last_progress.lock().expect("progress mutex");
+            let now = Instant::now();
+            if done < total && last.is_some_and(|t| now - t < Duration::from_millis(250)) {
+                return Ok(());
+            }
+            *last = Some(now);
+        }
+        self.fenced(
+            "UPDATE jobs SET progress_done = $3, progress_total = $4 \
+             WHERE id = $1 AND attempt = $2 AND state = 'running'",
+            |q| q.bind(done as i64).bind(total as i64),
+        )
+        .await
+    }
+
+    pub async fn set_pre_restore_snapshot(&self, sid: SnapshotId) -> Result<(), QueueError> {
+        self.fenced(
+            "UPDATE jobs SET pre_restore_snapshot_id = $3 \
+             WHERE id = $1 AND attempt = $2 AND state = 'running'",
+            |q| q.bind(sid),
+        )
+        .await
+    }
+
+    /// Atomically check that no cancel was requested and mark the job as past its
+    /// point of no return; from here on a cancel request is refused.
+    pub async fn enter_point_of_no_return(&self) -> Result<(), PointOfNoReturnError> {
+        let row: Option<(bool,)> = sqlx::query_as(
+            "UPDATE jobs SET past_point_of_no_return = true \
+             WHERE id = $1 AND attempt = $2 AND state = 'running' AND NOT cancel_requested \
+             RETURNING true",
+        )
+        .bind(self.job.id)
+        .bind(self.job.attempt)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(QueueError::from)?;
+        if row.is_some() {
+            return Ok(());
+        }
+        if self.cancel_requested().await? {
+            return Err(PointOfNoReturnError::Cancelled);
+        }
+        self.lease_lost.cancel();
+        Err(QueueError::LeaseLost(self.job.id).into())
+    }
+
+    /// Whether a client asked to cancel this (still ours) job.
+    pub async fn cancel_requested(&self) -> Result<bool, QueueError> {
+        let row: Option<bool> = sqlx::query_scalar(
+            "SELECT cancel_requested FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running'",
+        )
+        .bind(self.job.id)
+        .bind(self.job.attempt)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(c) => Ok(c),
+            None => {
+                self.lease_lost.cancel();
+                Err(QueueError::LeaseLost(self.job.id))
+            }
+        }
+    }
+}
+
+type FencedQuery = sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments>;
+
+/// Jobs this process runs, for the heartbeat: id → (attempt, lease-lost token).
+type Running = Arc<Mutex<HashMap<JobId, (i32, CancellationToken)>>>;
+
+/// Run the agent until `shutdown` is cancelled, then drain gracefully.
+pub async fn run<H: JobHandler>(
+    pool: PgPool,
+    cfg: WorkerConfig,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    register_worker(&pool, &cfg)
+        .await
+        .context("registering the worker")?;
+    tracing::info!(node = %cfg.node, worker = %cfg.worker_id, "worker starting: recovery sweep first");
+    handler
+        .startup_recovery()
+        .await
+        .context("start-up recovery sweep")?;
+    let rescued = rescue_orphans_on_node(&pool, &cfg)
+        .await
+        .context("rescuing orphaned jobs")?;
+    if rescued > 0 {
+        tracing::warn!(
+            rescued,
+            "jobs of a dead predecessor on this node were queued for recovery"
+        );
+    }
+
+    let bg_stop = CancellationToken::new();
+    let mut wake = spawn_listener(&pool, &[INSERT_CHANNEL], bg_stop.clone())
+        .await
+        .context("LISTEN for new jobs")?
+        .subscribe();
+    let running: Running = Arc::default();
+    let hb = tokio::spawn(heartbeat_loop(
+        pool.clone(),
+        cfg.clone(),
+        running.clone(),
+        bg_stop.clone(),
+    ));
+    let maint = tokio::spawn(maintenance_loop(pool.clone(), cfg.clone(), bg_stop.clone()));
+
+    // Each task yields Some(job id) when the workload lock was held elsewhere.
+    let mut tasks: JoinSet<Option<JobId>> = JoinSet::new();
+    // Jobs whose workload lock was held by someone else (a stalled predecessor): their
+    // ids are skipped by claims for a poll interval, so we do not spin on them.
+    let mut lock_busy: HashMap<JobId, Instant> = HashMap::new();
+    let mut last_claim_error: Option<Instant> = None;
+    let note_busy = |r: Result<Option<JobId>, tokio::task::JoinError>,
+                     busy: &mut HashMap<JobId, Instant>| {
+        if let Ok(Some(id)) = r {
+            busy.insert(id, Instant::now() + cfg.poll_interval);
+        }
+    };
+
+    while !shutdown.is_cancelled() {
+        while let Some(r) = tasks.try_join_next() {
+            note_busy(r, &mut lock_busy);
+        }
+        let now = Instant::now();
+        lock_busy.retain(|_, until| *until > now);
+        let free = cfg.concurrency.saturating_sub(tasks.len());
+        let mut claimed_full = false;
+        if free > 0 {
+            let excluded: Vec<JobId> = lock_busy.keys().copied().collect();
+            match claim(&pool, &cfg, free, &excluded).await {
+                Ok(jobs) => {
+                    claimed_full = jobs.len() == free;
+                    for job in jobs {
+                        let ctx = JobContext {
+                            pool: pool.clone(),
+                            shutdown: shutdown.clone(),
+                            lease_lost: CancellationToken::new(),
+                            last_progress: Mutex::new(None),
+                            job,
+                        };
+                        let (handler, running, pool) =
+                            (handler.clone(), running.clone(), pool.clone());
+                        let id = ctx.job.id;
+                        tasks.spawn(async move {
+                            match run_one(pool, handler, running, ctx).await {
+                                Ok(busy) => busy.then_some(id),
+                                Err(e) => {
+                                    tracing::error!(job_id = %id, error = ?e, "running a job failed at the queue level");
+                                    None
+                                }
+                            }
+                        });
+                    }
+                }
+                Err(e) => {
+                    if last_claim_error.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+                        tracing::error!(error = %e, "claiming jobs failed; will retry");
+                    }
+                    last_claim_error = Some(Instant::now());
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            }
+        }
+        if claimed_full {
+            continue;
+        }
+        // Sleep until something may have changed.
+        let poll = tokio::time::sleep(cfg.poll_interval);
+        tokio::pin!(poll);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = &mut poll => break,
+                Some(r) = tasks.join_next(), if !tasks.is_empty() => {
+                    note_busy(r, &mut lock_busy);
+                    break;
+                }
+                n = wake.recv() => match n {
+                    Ok((_, payload)) if payload == cfg.node || payload == "*" => {
+                        if tasks.len() < cfg.concurrency { break }
+                    }
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => { (&mut poll).await; break }
+                },
+            }
+        }
+    }
+
+    tracing::info!(
+        running = tasks.len(),
+        "stopping: no new claims; waiting for running jobs"
+    );
+    let drained = tokio::time::timeout(cfg.shutdown_grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("shutdown grace passed with jobs still running; they will be recovered");
+        tasks.abort_all();
+    }
+    bg_stop.cancel();
+    let _ = hb.await;
+    let _ = maint.await;
+    let _ = sqlx::query("UPDATE workers SET stopped_at = now() WHERE id = $1")
+        .bind(&cfg.worker_id)
+        .execute(&pool)
+        .await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+async fn register_worker(pool: &PgPool, cfg: &WorkerConfig) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO workers (id, node) VALUES ($1, $2) \
+         ON CONFLICT (id) DO UPDATE SET node = $2, started_at = now(), heartbeat_at = now(), stopped_at = NULL",
+    )
+    .bind(&cfg.worker_id)
+    .bind(&cfg.node)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Claim up to `limit` queued jobs of this node: first jobs outside rate-limited
+/// batches (one statement), then jobs of batches with `max_parallel`, under the
+/// batch row's lock so concurrent claimers cannot exceed the limit.
+async fn claim(
+    pool: &PgPool,
+    cfg: &WorkerConfig,
+    limit: usize,
+    excluded: &[JobId],
+) -> Result<Vec<Job>, sqlx::Error> {
+    let sql = concat!(
+        "WITH next AS ( \
+           SELECT j.id AS next_id FROM jobs j \
+           WHERE j.state = 'queued' AND j.node = $1 AND NOT (j.id = ANY($3)) \
+             AND (j.batch_id IS NULL OR NOT EXISTS (SELECT 1 FROM batches b \
+                  WHERE b.id = j.batch_id AND b.max_parallel IS NOT NULL)) \
+           ORDER BY j.created_at, j.id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         UPDATE jobs SET state = 'running', attempt = attempt + 1, worker_id = $4, \
+           started_at = coalesce(started_at, clock_timestamp()), heartbeat_at = clock_timestamp(), \
+           phase = CASE WHEN recovering THEN 'recovering' ELSE 'starting' END \
+         FROM next WHERE jobs.id = next.next_id RETURNING ",
+        crate::job_columns!(),
+        ""
+    );
+    let mut jobs = sqlx::query_as::<_, Job>(sql)
+        .bind(&cfg.node)
+        .bind(limit as i64)
+        .bind(excluded)
+        .bind(&cfg.worker_id)
+        .fetch_all(pool)
+        .await?;
+    if jobs.len() < limit {
+        jobs.extend(claim_from_limited_batch(pool, cfg, limit - jobs.len(), excluded).await?);
+    }
+    Ok(jobs)
+}
+
+async fn claim_from_limited_batch(
+    pool: &PgPool,
+    cfg: &WorkerConfig,
+    limit: usize,
+    excluded: &[JobId],
+) -> Result<Vec<Job>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // Lock one limited batch that has work for this node; others skip it meanwhile.
+    let batch: Option<(crate::ids::BatchId, i32)> = sqlx::query_as(
+        "SELECT b.id, b.max_parallel FROM batches b \
+         WHERE b.max_parallel IS NOT NULL AND EXISTS (SELECT 1 FROM jobs j \
+           WHERE j.batch_id = b.id AND j.state = 'queued' AND j.node = $1 AND NOT (j.id = ANY($2))) \
+         ORDER BY b.created_at FOR UPDATE OF b SKIP LOCKED LIMIT 1",
+    )
+    .bind(&cfg.node)
+    .bind(excluded)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((batch_id, max_parallel)) = batch else {
+        return Ok(vec![]);
+    };
+    let running: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE batch_id = $1 AND state = 'running'")
+            .bind(batch_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    let room = (i64::from(max_parallel) - running).clamp(0, limit as i64);
+    if room == 0 {
+        return Ok(vec![]);
+    }
+    let sql = concat!(
+        "WITH next AS ( \
+           SELECT j.id AS next_id FROM jobs j \
+           WHERE j.state = 'queued' AND j.node = $1 AND j.batch_id = $2 AND NOT (j.id = ANY($4)) \
+           ORDER BY j.created_at, j.id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+         UPDATE jobs SET state = 'running', attempt = attempt + 1, worker_id = $5, \
+           started_at = coalesce(started_at, clock_timestamp()), heartbeat_at = clock_timestamp(), \
+           phase = CASE WHEN recovering THEN 'recovering' ELSE 'starting' END \
+         FROM next WHERE jobs.id = next.next_id RETURNING ",
+        crate::job_columns!(),
+        ""
+    );
+    let jobs = sqlx::query_as::<_, Job>(sql)
+        .bind(&cfg.node)
+        .bind(batch_id)
+        .bind(room)
+        .bind(excluded)
+        .bind(&cfg.worker_id)
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(jobs)
+}
+
+/// Take the workload lock, run the handler, apply its outcome, release the lock.
+async fn run_one<H: JobHandler>(
+    pool: PgPool,
+    handler: Arc<H>,
+    running: Running,
+    ctx: JobContext,
+) -> Result<bool, sqlx::Error> {
+    let (id, attempt) = (ctx.job.id, ctx.job.attempt);
+    let key = workload_lock_key(ctx.job.workload_id);
+    let mut lock_conn: PoolConnection<Postgres> = pool.acquire().await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+        .bind(ADVISORY_LOCK_CLASS)
+        .bind(key)
+        .fetch_one(&mut *lock_conn)
+        .await?;
+    if !locked {
+        // Someone (a stalled predecessor still connected) holds the workload: hand the
+        // job back untouched and let the rescuer sort the predecessor out.
+        tracing::warn!(job_id = %id, "workload lock is held elsewhere; job returned to the queue");
+        sqlx::query(
+            "UPDATE jobs SET state = 'queued', worker_id = NULL \
+             WHERE id = $1 AND attempt = $2 AND state = 'running'",
+        )
+        .bind(id)
+        .bind(attempt)
+        .execute(&mut *lock_conn)
+        .await?;
+        return Ok(true);
+    }
+    running
+        .lock()
+        .expect("running map")
+        .insert(id, (attempt, ctx.lease_lost.clone()));
+    let span = tracing::info_span!("job", job_id = %id, kind = %ctx.job.kind, attempt);
+    let outcome = {
+        use tracing::Instrument as _;
+        AssertUnwindSafe(handler.run(ctx))
+            .catch_unwind()
+            .instrument(span)
+            .await
+    };
+    let outcome = outcome.unwrap_or_else(|_| {
+        tracing::error!(job_id = %id, "job handler panicked; the job is queued for recovery");
+        JobOutcome::RequeueForRecovery
+    });
+    let applied = apply_outcome(&mut lock_conn, id, attempt, &outcome).await;
+    running.lock().expect("running map").remove(&id);
+    let unlocked: Result<bool, _> = sqlx::query_scalar("SELECT pg_advisory_unlock($1, $2)")
+        .bind(ADVISORY_LOCK_CLASS)
+        .bind(key)
+        .fetch_one(&mut *lock_conn)
+        .await;
+    if !matches!(unlocked, Ok(true)) {
+        // Never return a connection that might still hold the lock to the pool.
+        lock_conn.detach();
+    }
+    if !applied? && outcome != JobOutcome::Abandon {
+        tracing::warn!(job_id = %id, ?outcome, "job outcome not recorded: lease was lost");
+    }
+    Ok(false)
+}
+
+/// Write the outcome, fenced on the attempt. Ok(false): the job is no longer ours.
+async fn apply_outcome(
+    conn: &mut PgConnection,
+    id: JobId,
+    attempt: i32,
+    outcome: &JobOutcome,
+) -> Result<bool, sqlx::Error> {
+    let (state, phase, code, message) = match outcome {
+        JobOutcome::Abandon => return Ok(false),
+        JobOutcome::Requeue | JobOutcome::RequeueForRecovery => {
+            let recovering = *outcome == JobOutcome::RequeueForRecovery;
+            let n = sqlx::query(
+                "UPDATE jobs SET state = 'queued', worker_id = NULL, recovering = recovering OR $3, \
+                 phase = CASE WHEN recovering OR $3 THEN 'awaiting recovery' ELSE 'queued' END \
+                 WHERE id = $1 AND attempt = $2 AND state = 'running'",
+            )
+            .bind(id)
+            .bind(attempt)
+            .bind(recovering)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            return Ok(n == 1);
+        }
+        JobOutcome::Succeeded => (JobState::Succeeded, "done", None, None),
+        JobOutcome::Cancelled => (
+            JobState::Cancelled,
+            "cancelled",
+            None,
+            Some("cancelled on request"),
+        ),
+        JobOutcome::Failed { code, message } => (
+            JobState::Failed,
+            "failed",
+            Some(code.as_str()),
+            Some(message.as_str()),
+        ),
+    };
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let job = sqlx::query_as::<_, Job>(concat!(
+        "UPDATE jobs SET state = $3, phase = $4, error_code = $5, error_message = $6, \
+         finished_at = clock_timestamp(), recovering = false \
+         WHERE id = $1 AND attempt = $2 AND state = 'running' RETURNING ",
+        crate::job_columns!(),
+        ""
+    ))
+    .bind(id)
+    .bind(attempt)
+    .bind(state)
+    .bind(phase)
+    .bind(code)
+    .bind(message)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(job) = job else {
+        return Ok(false);
+    };
+    stats::record_finished(&mut tx, &job).await?;
+    if job.state == JobState::Failed
+        && let Some(batch_id) = job.batch_id
+    {
+        stop_batch_after_failures(&mut tx, batch_id).await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Cancel a batch's queued jobs once it has `stop_after_failures` failures. The batch
+/// row lock serialises concurrent finishers so the threshold is never missed.
+async fn stop_batch_after_failures(
+    conn: &mut PgConnection,
+    batch_id: crate::ids::BatchId,
+) -> Result<(), sqlx::Error> {
+    let limit: Option<Option<i32>> =
+        sqlx::query_scalar("SELECT stop_after_failures FROM batches WHERE id = $1 FOR UPDATE")
+            .bind(batch_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(Some(limit)) = limit else {
+        return Ok(());
+    };
+    let failed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE batch_id = $1 AND state = 'failed'")
+            .bind(batch_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    if failed < i64::from(limit) {
+        return Ok(());
+    }
+    let cancelled = sqlx::query_as::<_, Job>(concat!("UPDATE jobs SET state = 'cancelled', phase = 'cancelled', finished_at = clock_timestamp(), \
+         error_message = 'batch stopped after ' || $2 || ' failed jobs' \
+         WHERE batch_id = $1 AND state = 'queued' RETURNING ", crate::job_columns!(), ""))
+    .bind(batch_id)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    for job in &cancelled {
+        stats::record_finished(conn, job).await?;
+    }
+    if !cancelled.is_empty() {
+        tracing::warn!(%batch_id, cancelled = cancelled.len(), failed, "batch stopped after failures");
+    }
+    Ok(())
+}
+
+async fn heartbeat_loop(
+    pool: PgPool,
+    cfg: WorkerConfig,
+    running: Running,
+    stop: CancellationToken,
+) {
+    let mut last_ok = Instant::now();
+    let mut tick = tokio::time::interval(cfg.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let snapshot: Vec<(JobId, i32, CancellationToken)> = running
+            .lock()
+            .expect("running map")
+            .iter()
+            .map(|(id, (a, t))| (*id, *a, t.clone()))
+            .collect();
+        let ids: Vec<JobId> = snapshot.iter().map(|s| s.0).collect();
+        let attempts: Vec<i32> = snapshot.iter().map(|s| s.1).collect();
+        let res: Result<Vec<JobId>, sqlx::Error> = async {
+            sqlx::query("UPDATE workers SET heartbeat_at = now() WHERE id = $1")
+                .bind(&cfg.worker_id)
+                .execute(&pool)
+                .await?;
+            if ids.is_empty() {
+                return Ok(vec![]);
+            }
+            sqlx::query_scalar(
+                "UPDATE jobs SET heartbeat_at = clock_timestamp() \
+                 FROM unnest($1::uuid[], $2::int[]) AS t(id, attempt) \
+                 WHERE jobs.id = t.id AND jobs.attempt = t.attempt AND jobs.state = 'running' \
+                 RETURNING jobs.id",
+            )
+            .bind(&ids)
+            .bind(&attempts)
+            .fetch_all(&pool)
+            .await
+        }
+        .await;
+        match res {
+            Ok(alive) => {
+                last_ok = Instant::now();
+                for (id, _, token) in &snapshot {
+                    if !alive.contains(id) && running.lock().expect("running map").contains_key(id)
+                    {
+                        tracing::error!(job_id = %id, "heartbeat found the job is no longer ours");
+                        token.cancel();
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed");
+                // Fence ourselves before anyone else can rescue our jobs.
+                if last_ok.elapsed() > cfg.lease.mul_f64(0.8) {
+                    for (_, _, token) in &snapshot {
+                        token.cancel();
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn maintenance_loop(pool: PgPool, cfg: WorkerConfig, stop: CancellationToken) {
+    let mut tick = tokio::time::interval((cfg.lease / 2).max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_prune: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = super::rescue_expired(&pool, cfg.lease).await {
+            tracing::warn!(error = %e, "rescue pass failed");
+        }
+        if let Some(age) = cfg.prune_after
+            && last_prune.is_none_or(|t| t.elapsed() > Duration::from_secs(3600))
+        {
+            last_prune = Some(Instant::now());
+            match super::prune_finished(&pool, age).await {
+                Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned old finished jobs"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning failed"),
+            }
+        }
+    }
+}
+
+/// At start-up: running jobs of this node whose owner is gone are queued for recovery
+/// at once instead of waiting out their lease. An owner that is alive holds the
+/// workload's advisory lock for the whole run, so a lock we can take means a dead
+/// owner; a stale heartbeat is required as well, to stay clear of a claim that has
+/// not taken its lock yet.
+async fn rescue_orphans_on_node(pool: &PgPool, cfg: &WorkerConfig) -> Result<usize, sqlx::Error> {
+    let candidates: Vec<(JobId, i32, crate::ids::WorkloadId)> = sqlx::query_as(
+        "SELECT id, attempt, workload_id FROM jobs WHERE state = 'running' AND node = $1 \
+         AND heartbeat_at < now() - make_interval(secs => $2)",
+    )
+    .bind(&cfg.node)
+    .bind((cfg.heartbeat_interval * 2).as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    let mut rescued = 0;
+    for (id, attempt, workload) in candidates {
+        let mut conn = pool.acquire().await?;
+        let key = workload_lock_key(workload);
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(ADVISORY_LOCK_CLASS)
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !got {
+            continue;
+        }
+        let n = sqlx::query(
+            "UPDATE jobs SET state = 'queued', recovering = true, worker_id = NULL, \
+             phase = 'awaiting recovery' WHERE id = $1 AND attempt = $2 AND state = 'running'",
+        )
+        .bind(id)
+        .bind(attempt)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        rescued += n as usize;
+        let _: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1, $2)")
+            .bind(ADVISORY_LOCK_CLASS)
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+    }
+    Ok(rescued)
+}
