@@ -1,0 +1,607 @@
+//! The queue against a real PostgreSQL (one fresh database per test), in process.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use volsnap_shared::domain::{JobKind, JobState};
+use volsnap_shared::ids::{BatchId, JobId, WorkloadId};
+use volsnap_shared::queue::worker::{JobContext, JobHandler, JobOutcome, WorkerConfig, run};
+use volsnap_shared::queue::{self, CancelOutcome, EnqueueError, JobEvents, NewBatch, NewJob};
+
+async fn workload(pool: &PgPool, node: &str) -> WorkloadId {
+    let id = WorkloadId::new();
+    sqlx::query(
+        "INSERT INTO workloads (id, name, project, stage, node, source_kind, image) \
+         VALUES ($1, $2, 'p', 's', $3, 'image', 'busybox')",
+    )
+    .bind(id)
+    .bind(format!("w-{}", &id.to_string()[24..]))
+    .bind(node)
+    .execute(pool)
+    .await
+    .unwrap();
+    id
+}
+
+fn new_job(w: WorkloadId, node: &str) -> NewJob {
+    NewJob {
+        kind: JobKind::Capture,
+        workload_id: w,
+        snapshot_id: None,
+        node: node.into(),
+        batch_id: None,
+        requested_by: Some("test".into()),
+    }
+}
+
+async fn enqueue(pool: &PgPool, job: &NewJob) -> Result<JobId, EnqueueError> {
+    let mut conn = pool.acquire().await.unwrap();
+    queue::enqueue(&mut conn, job).await.map(|j| j.id)
+}
+
+fn fast_config(node: &str) -> WorkerConfig {
+    let mut cfg = WorkerConfig::new(node);
+    cfg.concurrency = 4;
+    cfg.heartbeat_interval = Duration::from_millis(100);
+    cfg.lease = Duration::from_millis(800);
+    cfg.poll_interval = Duration::from_millis(200);
+    cfg.shutdown_grace = Duration::from_secs(10);
+    cfg
+}
+
+/// Records which jobs ran and how many ran at once per batch.
+#[derive(Default)]
+struct Recorder {
+    ran: Mutex<Vec<JobId>>,
+    running_per_batch: Mutex<HashMap<BatchId, (usize, usize)>>,
+    work: Duration,
+    fail: bool,
+}
+
+impl JobHandler for Recorder {
+    async fn startup_recovery(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    async fn run(&self, ctx: JobContext) -> JobOutcome {
+        self.ran.lock().unwrap().push(ctx.job.id);
+        if let Some(b) = ctx.job.batch_id {
+            let mut m = self.running_per_batch.lock().unwrap();
+            let e = m.entry(b).or_default();
+            e.0 += 1;
+            e.1 = e.1.max(e.0);
+        }
+        tokio::time::sleep(self.work).await;
+        if let Some(b) = ctx.job.batch_id {
+            self.running_per_batch
+                .lock()
+                .unwrap()
+                .get_mut(&b)
+                .unwrap()
+                .0 -= 1;
+        }
+        if self.fail {
+            JobOutcome::failed("probe_failure", "failed on purpose")
+        } else {
+            JobOutcome::Succeeded
+        }
+    }
+}
+
+async fn job_state(pool: &PgPool, id: JobId) -> JobState {
+    queue::get_job(pool, id).await.unwrap().unwrap().state
+}
+
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn fifty_concurrent_enqueues_single_flight(pool: PgPool) {
+    let w = workload(&pool, "n1").await;
+    let results = futures::future::join_all((0..50).map(|_| {
+        let pool = pool.clone();
+        async move {
+            // Each in its own transaction, as the API does.
+            let mut tx = pool.begin().await.unwrap();
+            let r = queue::enqueue(&mut tx, &new_job(w, "n1"))
+                .await
+                .map(|j| j.id);
+            tx.commit().await.unwrap();
+            r
+        }
+    }))
+    .await;
+    let ok: Vec<JobId> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    assert_eq!(ok.len(), 1, "exactly one enqueue must win");
+    let conflicts: Vec<JobId> = results
+        .iter()
+        .filter_map(|r| match r {
+            Err(EnqueueError::AlreadyActive { active_job }) => Some(*active_job),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(conflicts.len(), 49);
+    assert!(
+        conflicts.iter().all(|j| *j == ok[0]),
+        "every conflict names the winner"
+    );
+}
+
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn conflict_leaves_the_callers_transaction_usable(pool: PgPool) {
+    let w = workload(&pool, "n1").await;
+    let first = enqueue(&pool, &new_job(w, "n1")).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let err = queue::enqueue(&mut tx, &new_job(w, "n1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EnqueueError::AlreadyActive { active_job } if active_job == first));
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    tx.commit().await.unwrap();
+}
+
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn rolled_back_enqueue_leaves_no_job(pool: PgPool) {
+    let w = workload(&pool, "n1").await;
+    let mut tx = pool.begin().await.unwrap();
+    let job = queue::enqueue(&mut tx, &new_job(w, "n1")).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert!(queue::get_job(&pool, job.id).await.unwrap().is_none());
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    // and the workload is free for a new job
+    enqueue(&pool, &new_job(w, "n1")).await.unwrap();
+}
+
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn a_node_only_runs_its_own_jobs(pool: PgPool) {
+    let wa = workload(&pool, "node-a").await;
+    let wb = workload(&pool, "node-b").await;
+    let ja = enqueue(&pool, &new_job(wa, "node-a")).await.unwrap();
+    let jb = enqueue(&pool, &new_job(wb, "node-b")).await.unwrap();
+    let rec = Arc::new(Recorder::default());
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(run(
+        pool.clone(),
+        fast_config("node-a"),
+        rec.clone(),
+        stop.clone(),
+    ));
+    wait_for("node-a's job", Duration::from_secs(10), || async {
+        job_state(&pool, ja).await == JobState::Succeeded
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        job_state(&pool, jb).await,
+        JobState::Queued,
+        "node-a ran node-b's job"
+    );
+    assert_eq!(*rec.ran.lock().unwrap(), vec![ja]);
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}
+
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn wait_for_final_wakes_on_notification(pool: PgPool) {
+    let w = workload(&pool, "n1").await;
+    let id = enqueue(&pool, &new_job(w, "n1")).await.unwrap();
+    let events = JobEvents::start(pool.clone()).await.unwrap();
+    // Deadline first: still queued after 300 ms.
+    let t = Instant::now();
+    let job = events
+        .wait_for_final(id, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    // Then a finish 500 ms from now must wake the waiter promptly.
+    let p = pool.clone();
+    let finisher = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&p)
+            .await
+            .unwrap();
+        Instant::now()
+    });
+    let job = events
+        .wait_for_final(id, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let woke = Instant::now();
+    let finished = finisher.await.unwrap();
+    assert_eq!(job.state, JobState::Cancelled);
+    let lag = woke.duration_since(finished);
+    assert!(
+        lag < Duration::from_millis(200),
+        "woken {lag:?} after the finish"
+    );
+    assert!(
+        events
+            .wait_for_final(JobId::new(), Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn cancel_queued_and_running_jobs(pool: PgPool) {
+    let w1 = workload(&pool, "n1").await;
+    let queued = enqueue(&pool, &new_job(w1, "n1")).await.unwrap();
+    assert!(
+        matches!(queue::cancel(&pool, queued).await.unwrap(), CancelOutcome::Cancelled(j) if j.state == JobState::Cancelled)
+    );
+    assert!(matches!(
+        queue::cancel(&pool, queued).await.unwrap(),
+        CancelOutcome::AlreadyFinal(_)
+    ));
+    assert!(matches!(
+        queue::cancel(&pool, JobId::new()).await.unwrap(),
+        CancelOutcome::NotFound
+    ));
+
+    // A running job: cancel before its point of no return is honoured, after is refused.
+    struct Gate {
+        passed: Mutex<Vec<Result<(), String>>>,
+    }
+    impl JobHandler for Gate {
+        async fn startup_recovery(&self) -> anyhow::Result<()> {
+            Ok(())
+        }
+        async fn run(&self, ctx: JobContext) -> JobOutcome {
+            // Wait for the test's cancel request (or 1.5 s) before the gate.
+            for _ in 0..75 {
+                if ctx.cancel_requested().await.unwrap() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let r = ctx.enter_point_of_no_return().await;
+            let cancelled = r.is_err();
+            self.passed
+                .lock()
+                .unwrap()
+                .push(r.map_err(|e| e.to_string()));
+            if cancelled {
+                return JobOutcome::Cancelled;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            JobOutcome::Succeeded
+        }
+    }
+    let gate = Arc::new(Gate {
+        passed: Mutex::default(),
+    });
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(run(
+        pool.clone(),
+        fast_config("n1"),
+        gate.clone(),
+        stop.clone(),
+    ));
+
+    let w2 = workload(&pool, "n1").await;
+    let early = enqueue(&pool, &new_job(w2, "n1")).await.unwrap();
+    wait_for("running", Duration::from_secs(10), || async {
+        job_state(&pool, early).await == JobState::Running
+    })
+    .await;
+    assert!(matches!(
+        queue::cancel(&pool, early).await.unwrap(),
+        CancelOutcome::Requested(_)
+    ));
+    wait_for("cancelled", Duration::from_secs(10), || async {
+        job_state(&pool, early).await == JobState::Cancelled
+    })
+    .await;
+
+    let w3 = workload(&pool, "n1").await;
+    let late = enqueue(&pool, &new_job(w3, "n1")).await.unwrap();
+    wait_for("past the gate", Duration::from_secs(10), || async {
+        queue::get_job(&pool, late)
+            .await
+            .unwrap()
+            .unwrap()
+            .past_point_of_no_return
+    })
+    .await;
+    assert!(matches!(
+        queue::cancel(&pool, late).await.unwrap(),
+        CancelOutcome::TooLate(_)
+    ));
+    wait_for("late job done", Duration::from_secs(10), || async {
+        job_state(&pool, late).await == JobState::Succeeded
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    let passed = gate.passed.lock().unwrap();
+    assert_eq!(passed.len(), 2);
+    assert!(passed[0].is_err() && passed[1].is_ok());
+}
+
+async fn batch(
+    pool: &PgPool,
+    n: usize,
+    max_parallel: Option<i32>,
+    stop_after: Option<i32>,
+) -> (BatchId, Vec<JobId>) {
+    let mut tx = pool.begin().await.unwrap();
+    let b = queue::create_batch(
+        &mut tx,
+        &NewBatch {
+            requested_by: None,
+            item_count: n as i32,
+            max_parallel,
+            stop_after_failures: stop_after,
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let mut ids = vec![];
+    for _ in 0..n {
+        let w = workload(pool, "n1").await;
+        let mut j = new_job(w, "n1");
+        j.batch_id = Some(b);
+        ids.push(enqueue(pool, &j).await.unwrap());
+    }
+    (b, ids)
+}
+
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn batch_max_parallel_holds_across_workers(pool: PgPool) {
+    let (b, ids) = batch(&pool, 24, Some(3), None).await;
+    let rec = Arc::new(Recorder {
+        work: Duration::from_millis(60),
+        ..Default::default()
+    });
+    let stop = CancellationToken::new();
+    // Two runners, 8 slots each: without the limit up to 16 would run at once.
+    let mut workers = vec![];
+    for _ in 0..2 {
+        let mut cfg = fast_config("n1");
+        cfg.concurrency = 8;
+        workers.push(tokio::spawn(run(
+            pool.clone(),
+            cfg,
+            rec.clone(),
+            stop.clone(),
+        )));
+    }
+    wait_for("batch done", Duration::from_secs(30), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE batch_id = $1 AND state = 'succeeded'",
+        )
+        .bind(b)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        n == ids.len() as i64
+    })
+    .await;
+    stop.cancel();
+    for w in workers {
+        w.await.unwrap().unwrap();
+    }
+    let peak = rec.running_per_batch.lock().unwrap()[&b].1;
+    assert!(
+        peak <= 3,
+        "{peak} jobs of a max_parallel=3 batch ran at once"
+    );
+    assert!(peak >= 2, "the batch never ran in parallel (peak {peak})");
+}
+
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn batch_stops_after_failures(pool: PgPool) {
+    let (b, ids) = batch(&pool, 20, Some(2), Some(3)).await;
+    let rec = Arc::new(Recorder {
+        work: Duration::from_millis(20),
+        fail: true,
+        ..Default::default()
+    });
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(run(
+        pool.clone(),
+        fast_config("n1"),
+        rec.clone(),
+        stop.clone(),
+    ));
+    wait_for("batch final", Duration::from_secs(30), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE batch_id = $1 AND state IN ('queued','running')",
+        )
+        .bind(b)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        n == 0
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    let counts: Vec<(JobState, i64)> = sqlx::query_as(
+        "SELECT state, count(*) FROM jobs WHERE batch_id = $1 GROUP BY state ORDER BY state",
+    )
+    .bind(b)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let failed = counts
+        .iter()
+        .find(|c| c.0 == JobState::Failed)
+        .map_or(0, |c| c.1);
+    let cancelled = counts
+        .iter()
+        .find(|c| c.0 == JobState::Cancelled)
+        .map_or(0, |c| c.1);
+    // With 2 in flight when the third failure lands, at most 4 can have failed.
+    assert!((3..=4).contains(&failed), "failed = {failed}");
+    assert_eq!(failed + cancelled, ids.len() as i64);
+    // The durable counters saw every one of them.
+    let metrics = queue::stats::render_prometheus(&pool).await.unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "volsnap_jobs_finished_total{{kind=\"capture\",outcome=\"failed\"}} {failed}"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "volsnap_jobs_finished_total{{kind=\"capture\",outcome=\"cancelled\"}} {cancelled}"
+    )));
+}
+
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn metrics_survive_pruning(pool: PgPool) {
+    let w = workload(&pool, "n1").await;
+    let id = enqueue(&pool, &new_job(w, "n1")).await.unwrap();
+    let rec = Arc::new(Recorder::default());
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(run(pool.clone(), fast_config("n1"), rec, stop.clone()));
+    wait_for("done", Duration::from_secs(10), || async {
+        job_state(&pool, id).await == JobState::Succeeded
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    sqlx::query("UPDATE jobs SET finished_at = now() - interval '2 days', started_at = now() - interval '2 days'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        queue::prune_finished(&pool, Duration::from_secs(86_400))
+            .await
+            .unwrap(),
+        1
+    );
+    let m = queue::stats::render_prometheus(&pool).await.unwrap();
+    assert!(
+        m.contains("volsnap_jobs_finished_total{kind=\"capture\",outcome=\"succeeded\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("volsnap_job_duration_seconds_count{kind=\"capture\",outcome=\"succeeded\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("volsnap_jobs{kind=\"capture\",state=\"succeeded\"} 0"));
+    assert!(m.contains("volsnap_worker_last_heartbeat_timestamp_seconds{node=\"n1\"}"));
+}
+
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn graceful_stop_requeues_or_finishes(pool: PgPool) {
+    // A handler that requeues on shutdown before its (never reached) point of no return.
+    struct Polite;
+    impl JobHandler for Polite {
+        async fn startup_recovery(&self) -> anyhow::Result<()> {
+            Ok(())
+        }
+        async fn run(&self, ctx: JobContext) -> JobOutcome {
+            ctx.shutdown.cancelled().await;
+            JobOutcome::Requeue
+        }
+    }
+    let w = workload(&pool, "n1").await;
+    let id = enqueue(&pool, &new_job(w, "n1")).await.unwrap();
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(run(
+        pool.clone(),
+        fast_config("n1"),
+        Arc::new(Polite),
+        stop.clone(),
+    ));
+    wait_for("running", Duration::from_secs(10), || async {
+        job_state(&pool, id).await == JobState::Running
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    let job = queue::get_job(&pool, id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    assert!(!job.recovering);
+    // the advisory lock was released: a fresh worker can run it
+    let rec = Arc::new(Recorder::default());
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(run(pool.clone(), fast_config("n1"), rec, stop.clone()));
+    wait_for("done", Duration::from_secs(10), || async {
+        job_state(&pool, id).await == JobState::Succeeded
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}
+
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn panicking_handler_queues_for_recovery(pool: PgPool) {
+    struct Boom;
+    impl JobHandler for Boom {
+        async fn startup_recovery(&self) -> anyhow::Result<()> {
+            Ok(())
+        }
+        async fn run(&self, ctx: JobContext) -> JobOutcome {
+            if !ctx.job.recovering {
+                panic!("handler bug");
+            }
+            JobOutcome::Succeeded
+        }
+    }
+    let w = workload(&pool, "n1").await;
+    let id = enqueue(&pool, &new_job(w, "n1")).await.unwrap();
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(run(
+        pool.clone(),
+        fast_config("n1"),
+        Arc::new(Boom),
+        stop.clone(),
+    ));
+    wait_for("recovered", Duration::from_secs(10), || async {
+        job_state(&pool, id).await == JobState::Succeeded
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    assert_eq!(queue::get_job(&pool, id).await.unwrap().unwrap().attempt, 2);
+}
+
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn schema_check_refuses_a_database_that_is_behind(pool: PgPool) {
+    volsnap_shared::database::ensure_migrated(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let err = volsnap_shared::database::ensure_migrated(&pool)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("volsnap-api migrate"), "{err}");
+}
