@@ -1,0 +1,203 @@
+//! Bearer-token authentication and the admin/viewer rule.
+//!
+//! Tokens are 256-bit random secrets; only their SHA-256 is stored. Every request is
+//! checked against an in-memory copy of the active tokens' hashes, compared in constant
+//! time, so auth costs no database round trip. The copy is reloaded when it is older
+//! than [`TokenCache::ttl`] (so a revocation takes effect within that time, 2 s by
+//! default), and on a miss when it is older than [`MISS_RELOAD_AFTER`] (so a token made
+//! a moment ago works at once, while a flood of bad tokens reloads at most a few times a
+//! second).
+//!
+//! Authorisation is one rule: `GET`/`HEAD` need any valid token, every other method an
+//! admin token.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use subtle::ConstantTimeEq;
+use volsnap_shared::db;
+use volsnap_shared::domain::Role;
+use volsnap_shared::ids::TokenId;
+
+use crate::AppState;
+use crate::error::Error;
+
+/// A token's prefix: makes leaked tokens easy to recognise (and to scan for).
+pub const TOKEN_PREFIX: &str = "volsnap_";
+
+/// The shortest age of the cache at which a miss reloads it.
+pub const MISS_RELOAD_AFTER: Duration = Duration::from_millis(250);
+
+/// Who is calling: put in the request's extensions by [`require_token`].
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub token_id: TokenId,
+    pub name: String,
+    pub role: Role,
+}
+
+/// A new random token (shown once) and the hash to store.
+pub fn generate_token() -> (String, [u8; 32]) {
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let token = format!("{TOKEN_PREFIX}{}", hex::encode(secret));
+    let hash = hash_token(&token);
+    (token, hash)
+}
+
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+struct Loaded {
+    at: Instant,
+    tokens: Vec<([u8; 32], Caller)>,
+}
+
+impl Loaded {
+    /// Constant-time in the token: every entry is compared, whatever matches.
+    fn find(&self, hash: &[u8; 32]) -> Option<Caller> {
+        let mut found = None;
+        for (h, caller) in &self.tokens {
+            if bool::from(h.ct_eq(hash)) {
+                found = Some(caller);
+            }
+        }
+        found.cloned()
+    }
+}
+
+/// The in-memory copy of the active tokens.
+pub struct TokenCache {
+    pool: PgPool,
+    ttl: Duration,
+    loaded: RwLock<Arc<Loaded>>,
+    reload: tokio::sync::Mutex<()>,
+}
+
+impl TokenCache {
+    pub fn new(pool: PgPool, ttl: Duration) -> Self {
+        // Starts "expired": the first request loads it.
+        let stale = Instant::now()
+            .checked_sub(ttl + MISS_RELOAD_AFTER)
+            .unwrap_or_else(Instant::now);
+        TokenCache {
+            pool,
+            ttl,
+            loaded: RwLock::new(Arc::new(Loaded {
+                at: stale,
+                tokens: Vec::new(),
+            })),
+            reload: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn current(&self) -> Arc<Loaded> {
+        self.loaded
+            .read()
+            .expect("token cache lock poisoned")
+            .clone()
+    }
+
+    /// Reload unless someone else did since `seen` was taken.
+    async fn reload(&self, seen: &Arc<Loaded>) -> Result<Arc<Loaded>, sqlx::Error> {
+        let _one_at_a_time = self.reload.lock().await;
+        let now = self.current();
+        if !Arc::ptr_eq(&now, seen) {
+            return Ok(now);
+        }
+        let rows = db::tokens::active(&self.pool).await?;
+        let tokens = rows
+            .into_iter()
+            .filter_map(|t| {
+                let hash: [u8; 32] = t.token_sha256.as_slice().try_into().ok()?;
+                Some((
+                    hash,
+                    Caller {
+                        token_id: t.id,
+                        name: t.name,
+                        role: t.role,
+                    },
+                ))
+            })
+            .collect();
+        let fresh = Arc::new(Loaded {
+            at: Instant::now(),
+            tokens,
+        });
+        *self.loaded.write().expect("token cache lock poisoned") = fresh.clone();
+        Ok(fresh)
+    }
+
+    /// The caller a presented token belongs to, if it is valid and not revoked.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Caller>, sqlx::Error> {
+        let hash = hash_token(token);
+        let mut loaded = self.current();
+        if loaded.at.elapsed() >= self.ttl {
+            loaded = self.reload(&loaded).await?;
+        }
+        if let Some(c) = loaded.find(&hash) {
+            return Ok(Some(c));
+        }
+        if loaded.at.elapsed() >= MISS_RELOAD_AFTER {
+            loaded = self.reload(&loaded).await?;
+            return Ok(loaded.find(&hash));
+        }
+        Ok(None)
+    }
+}
+
+/// Middleware on every `/api` route except the OpenAPI document.
+pub async fn require_token(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, Error> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .filter(|t| !t.is_empty())
+        .ok_or_else(Error::unauthorized)?;
+    let caller = state
+        .tokens
+        .authenticate(token)
+        .await?
+        .ok_or_else(Error::unauthorized)?;
+    let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
+    if !read_only && caller.role != Role::Admin {
+        return Err(Error::forbidden());
+    }
+    req.extensions_mut().insert(caller);
+    Ok(next.run(req).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tokens_are_distinct_and_hash_as_stored() {
+        let (a, ha) = generate_token();
+        let (b, _) = generate_token();
+        assert_ne!(a, b);
+        assert!(a.starts_with(TOKEN_PREFIX));
+        assert_eq!(a.len(), TOKEN_PREFIX.len() + 64);
+        assert_eq!(hash_token(&a), ha);
+    }
+}

@@ -1,0 +1,83 @@
+//! Job look-ups and listings for the API. Mutations of jobs go through `crate::queue`.
+
+use std::sync::LazyLock;
+
+use sqlx::{AssertSqlSafe, PgExecutor, PgPool};
+
+use super::{Cursor, Page};
+use crate::domain::{JOB_COLUMNS, Job, JobKind, JobState};
+use crate::ids::{BatchId, JobId, SnapshotId, WorkloadId};
+
+/// Filters of the job listing; empty lists and `None`s do not filter.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub states: Vec<JobState>,
+    pub kinds: Vec<JobKind>,
+    pub workload_id: Option<WorkloadId>,
+    pub batch_id: Option<BatchId>,
+    pub node: Option<String>,
+    pub before: Option<Cursor>,
+    pub limit: i64,
+}
+
+/// Jobs newest first (`created_at DESC, id DESC`, served by `jobs_list_idx`).
+pub async fn list(pool: &PgPool, f: &JobFilter) -> Result<Page<Job>, sqlx::Error> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {JOB_COLUMNS} FROM jobs \
+             WHERE (cardinality($1::text[]) = 0 OR state = ANY($1)) \
+               AND (cardinality($2::text[]) = 0 OR kind = ANY($2)) \
+               AND ($3::uuid IS NULL OR workload_id = $3) \
+               AND ($4::uuid IS NULL OR batch_id = $4) \
+               AND ($5::text IS NULL OR node = $5) \
+               AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7)) \
+             ORDER BY created_at DESC, id DESC LIMIT $8"
+        )
+    });
+    let limit = f.limit.clamp(1, super::MAX_LIMIT);
+    let states: Vec<&str> = f.states.iter().map(|s| s.as_str()).collect();
+    let kinds: Vec<&str> = f.kinds.iter().map(|k| k.as_str()).collect();
+    let rows = sqlx::query_as::<_, Job>(AssertSqlSafe(SQL.as_str()))
+        .bind(states)
+        .bind(kinds)
+        .bind(f.workload_id)
+        .bind(f.batch_id)
+        .bind(&f.node)
+        .bind(f.before.map(|c| c.created_at))
+        .bind(f.before.map(|c| c.id))
+        .bind(limit + 1)
+        .fetch_all(pool)
+        .await?;
+    Ok(super::page_of(rows, limit, |j| Cursor {
+        created_at: j.created_at,
+        id: j.id.0,
+    }))
+}
+
+/// The workload's queued or running job, if any (there is at most one).
+pub async fn active_for_workload<'e>(
+    exec: impl PgExecutor<'e>,
+    workload: WorkloadId,
+) -> Result<Option<JobId>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE workload_id = $1 AND state IN ('queued', 'running')",
+    )
+    .bind(workload)
+    .fetch_optional(exec)
+    .await
+}
+
+/// A queued or running job that reads, fills or keeps its pre-restore copy in the
+/// snapshot.
+pub async fn active_referencing_snapshot<'e>(
+    exec: impl PgExecutor<'e>,
+    snapshot: SnapshotId,
+) -> Result<Option<JobId>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE (snapshot_id = $1 OR pre_restore_snapshot_id = $1) \
+         AND state IN ('queued', 'running') LIMIT 1",
+    )
+    .bind(snapshot)
+    .fetch_optional(exec)
+    .await
+}

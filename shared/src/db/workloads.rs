@@ -1,0 +1,221 @@
+//! Workload rows. Validation of names, scopes and paths happens in the API before a
+//! [`WorkloadFields`] reaches here; the table's CHECK constraints are the last line.
+
+use std::sync::LazyLock;
+
+use sqlx::{AssertSqlSafe, PgConnection, PgExecutor, PgPool};
+
+use crate::domain::{SourceKind, VolumeSpec, Workload};
+use crate::ids::{JobId, WorkloadId};
+
+const COLUMNS: &str = "id, name, project, stage, node, source_kind, image, volumes, \
+    stop_for_capture, created_at, updated_at";
+
+/// The unique constraint on `(project, stage, name)`.
+pub const UNIQUE_NAME: &str = "workloads_project_stage_name_key";
+
+/// Everything a client sets on a workload (create and full update).
+#[derive(Debug, Clone)]
+pub struct WorkloadFields {
+    pub name: String,
+    pub project: String,
+    pub stage: String,
+    pub node: String,
+    pub source_kind: SourceKind,
+    pub image: Option<String>,
+    pub volumes: Vec<VolumeSpec>,
+    pub stop_for_capture: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadWriteError {
+    #[error("workload not found")]
+    NotFound,
+    #[error("a workload with this project, stage and name already exists")]
+    Duplicate,
+    /// The change is refused while the workload has a queued or running job.
+    #[error("workload has an active job {0}")]
+    ActiveJob(JobId),
+    /// Deleting would drop snapshot rows whose archive files still exist on a node.
+    #[error("workload still has {0} snapshot(s) with files on disk")]
+    HasSnapshots(i64),
+    #[error("database error")]
+    Db(#[from] sqlx::Error),
+}
+
+fn map_write(err: sqlx::Error) -> WorkloadWriteError {
+    if super::is_unique_violation(&err, UNIQUE_NAME) {
+        WorkloadWriteError::Duplicate
+    } else {
+        WorkloadWriteError::Db(err)
+    }
+}
+
+pub async fn insert(pool: &PgPool, f: &WorkloadFields) -> Result<Workload, WorkloadWriteError> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "INSERT INTO workloads (id, name, project, stage, node, source_kind, image, volumes, \
+             stop_for_capture) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
+        )
+    });
+    sqlx::query_as::<_, Workload>(AssertSqlSafe(SQL.as_str()))
+        .bind(WorkloadId::new())
+        .bind(&f.name)
+        .bind(&f.project)
+        .bind(&f.stage)
+        .bind(&f.node)
+        .bind(f.source_kind)
+        .bind(&f.image)
+        .bind(sqlx::types::Json(&f.volumes))
+        .bind(f.stop_for_capture)
+        .fetch_one(pool)
+        .await
+        .map_err(map_write)
+}
+
+pub async fn get<'e>(
+    exec: impl PgExecutor<'e>,
+    id: WorkloadId,
+) -> Result<Option<Workload>, sqlx::Error> {
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| format!("SELECT {COLUMNS} FROM workloads WHERE id = $1"));
+    sqlx::query_as::<_, Workload>(AssertSqlSafe(SQL.as_str()))
+        .bind(id)
+        .fetch_optional(exec)
+        .await
+}
+
+/// Read a workload and hold it `FOR SHARE` until the caller's transaction ends: it can
+/// be neither changed nor deleted while a job for it is being enqueued.
+pub async fn get_for_share(
+    conn: &mut PgConnection,
+    id: WorkloadId,
+) -> Result<Option<Workload>, sqlx::Error> {
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| format!("SELECT {COLUMNS} FROM workloads WHERE id = $1 FOR SHARE"));
+    sqlx::query_as::<_, Workload>(AssertSqlSafe(SQL.as_str()))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Filters of the workload listing (all optional, combined with AND).
+#[derive(Debug, Clone, Default)]
+pub struct WorkloadFilter {
+    pub project: Option<String>,
+    pub stage: Option<String>,
+    pub node: Option<String>,
+    /// Only workloads whose id sorts after this one (ids are time-ordered UUIDv7).
+    pub after: Option<WorkloadId>,
+    pub limit: i64,
+}
+
+/// Workloads ordered by id (creation order); `limit + 1` rows are fetched to tell
+/// whether another page exists. Returns the page and the id to continue after.
+pub async fn list(
+    pool: &PgPool,
+    f: &WorkloadFilter,
+) -> Result<(Vec<Workload>, Option<WorkloadId>), sqlx::Error> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {COLUMNS} FROM workloads \
+             WHERE ($1::text IS NULL OR project = $1) AND ($2::text IS NULL OR stage = $2) \
+               AND ($3::text IS NULL OR node = $3) AND ($4::uuid IS NULL OR id > $4) \
+             ORDER BY id LIMIT $5"
+        )
+    });
+    let limit = f.limit.clamp(1, super::MAX_LIMIT);
+    let mut rows = sqlx::query_as::<_, Workload>(AssertSqlSafe(SQL.as_str()))
+        .bind(&f.project)
+        .bind(&f.stage)
+        .bind(&f.node)
+        .bind(f.after)
+        .bind(limit + 1)
+        .fetch_all(pool)
+        .await?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|w| w.id)
+    } else {
+        None
+    };
+    Ok((rows, next))
+}
+
+/// Replace a workload's fields. Moving it to another node is refused while it has an
+/// active job (the job was routed to the old node).
+pub async fn update(
+    pool: &PgPool,
+    id: WorkloadId,
+    f: &WorkloadFields,
+) -> Result<Workload, WorkloadWriteError> {
+    static LOCK: LazyLock<String> =
+        LazyLock::new(|| format!("SELECT {COLUMNS} FROM workloads WHERE id = $1 FOR UPDATE"));
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "UPDATE workloads SET name = $2, project = $3, stage = $4, node = $5, source_kind = $6, \
+             image = $7, volumes = $8, stop_for_capture = $9, updated_at = now() \
+             WHERE id = $1 RETURNING {COLUMNS}"
+        )
+    });
+    let mut tx = pool.begin().await?;
+    let current = sqlx::query_as::<_, Workload>(AssertSqlSafe(LOCK.as_str()))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(WorkloadWriteError::NotFound)?;
+    if current.node != f.node {
+        if let Some(job) = super::jobs::active_for_workload(&mut *tx, id).await? {
+            return Err(WorkloadWriteError::ActiveJob(job));
+        }
+    }
+    let updated = sqlx::query_as::<_, Workload>(AssertSqlSafe(SQL.as_str()))
+        .bind(id)
+        .bind(&f.name)
+        .bind(&f.project)
+        .bind(&f.stage)
+        .bind(&f.node)
+        .bind(f.source_kind)
+        .bind(&f.image)
+        .bind(sqlx::types::Json(&f.volumes))
+        .bind(f.stop_for_capture)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_write)?;
+    tx.commit().await?;
+    Ok(updated)
+}
+
+/// Delete a workload. Refused while it has an active job, and while any of its
+/// snapshots still has an archive file on a node (deleting the row would cascade to the
+/// snapshot rows and orphan the files): delete those snapshots first.
+pub async fn delete(pool: &PgPool, id: WorkloadId) -> Result<(), WorkloadWriteError> {
+    let mut tx = pool.begin().await?;
+    let found: Option<WorkloadId> =
+        sqlx::query_scalar("SELECT id FROM workloads WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if found.is_none() {
+        return Err(WorkloadWriteError::NotFound);
+    }
+    if let Some(job) = super::jobs::active_for_workload(&mut *tx, id).await? {
+        return Err(WorkloadWriteError::ActiveJob(job));
+    }
+    let with_files: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM snapshots \
+         WHERE workload_id = $1 AND archive_path IS NOT NULL AND file_removed_at IS NULL",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if with_files > 0 {
+        return Err(WorkloadWriteError::HasSnapshots(with_files));
+    }
+    sqlx::query("DELETE FROM workloads WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
