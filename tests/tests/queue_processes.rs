@@ -84,7 +84,7 @@ async fn workload(pool: &PgPool, node: &str) -> WorkloadId {
          VALUES ($1, $2, 'p', 's', $3, 'image', 'busybox')",
     )
     .bind(id)
-    .bind(format!("w-{}", &id.to_string()[..8]))
+    .bind(format!("w-{}", &id.to_string()[24..]))
     .bind(node)
     .execute(pool)
     .await
