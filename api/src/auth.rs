@@ -4,9 +4,10 @@
 //! checked against an in-memory copy of the active tokens' hashes, compared in constant
 //! time, so auth costs no database round trip. The copy is reloaded when it is older
 //! than [`TokenCache::ttl`] (so a revocation takes effect within that time, 2 s by
-//! default), and on a miss when it is older than [`MISS_RELOAD_AFTER`] (so a token made
-//! a moment ago works at once, while a flood of bad tokens reloads at most a few times a
-//! second).
+//! default), and on a miss when it was loaded before the request arrived (so a token
+//! made a moment ago works at once). Reloads are coalesced: requests that miss while a
+//! reload runs share the next one, so a flood of bad tokens costs at most one query at
+//! a time.
 //!
 //! Authorisation is one rule: `GET`/`HEAD` need any valid token, every other method an
 //! admin token.
@@ -31,9 +32,6 @@ use crate::error::Error;
 
 /// A token's prefix: makes leaked tokens easy to recognise (and to scan for).
 pub const TOKEN_PREFIX: &str = "volsnap_";
-
-/// The shortest age of the cache at which a miss reloads it.
-pub const MISS_RELOAD_AFTER: Duration = Duration::from_millis(250);
 
 /// Who is calling: put in the request's extensions by [`require_token`].
 #[derive(Debug, Clone)]
@@ -86,7 +84,7 @@ impl TokenCache {
     pub fn new(pool: PgPool, ttl: Duration) -> Self {
         // Starts "expired": the first request loads it.
         let stale = Instant::now()
-            .checked_sub(ttl + MISS_RELOAD_AFTER)
+            .checked_sub(ttl * 2)
             .unwrap_or_else(Instant::now);
         TokenCache {
             pool,
@@ -110,13 +108,15 @@ impl TokenCache {
             .clone()
     }
 
-    /// Reload unless someone else did since `seen` was taken.
-    async fn reload(&self, seen: &Arc<Loaded>) -> Result<Arc<Loaded>, sqlx::Error> {
+    /// Reload unless a reload started at or after `not_before` has already finished
+    /// (then its result is as fresh as this caller needs).
+    async fn reload(&self, not_before: Instant) -> Result<Arc<Loaded>, sqlx::Error> {
         let _one_at_a_time = self.reload.lock().await;
         let now = self.current();
-        if !Arc::ptr_eq(&now, seen) {
+        if now.at >= not_before {
             return Ok(now);
         }
+        let started = Instant::now();
         let rows = db::tokens::active(&self.pool).await?;
         let tokens = rows
             .into_iter()
@@ -133,7 +133,7 @@ impl TokenCache {
             })
             .collect();
         let fresh = Arc::new(Loaded {
-            at: Instant::now(),
+            at: started,
             tokens,
         });
         *self.loaded.write().expect("token cache lock poisoned") = fresh.clone();
@@ -142,16 +142,20 @@ impl TokenCache {
 
     /// The caller a presented token belongs to, if it is valid and not revoked.
     pub async fn authenticate(&self, token: &str) -> Result<Option<Caller>, sqlx::Error> {
+        let arrived = Instant::now();
         let hash = hash_token(token);
         let mut loaded = self.current();
         if loaded.at.elapsed() >= self.ttl {
-            loaded = self.reload(&loaded).await?;
+            // Any copy loaded within the TTL will do.
+            loaded = self
+                .reload(arrived.checked_sub(self.ttl).unwrap_or(arrived))
+                .await?;
         }
         if let Some(c) = loaded.find(&hash) {
             return Ok(Some(c));
         }
-        if loaded.at.elapsed() >= MISS_RELOAD_AFTER {
-            loaded = self.reload(&loaded).await?;
+        if loaded.at < arrived {
+            loaded = self.reload(arrived).await?;
             return Ok(loaded.find(&hash));
         }
         Ok(None)

@@ -164,10 +164,10 @@ pub async fn update(
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(WorkloadWriteError::NotFound)?;
-    if current.node != f.node {
-        if let Some(job) = super::jobs::active_for_workload(&mut *tx, id).await? {
-            return Err(WorkloadWriteError::ActiveJob(job));
-        }
+    if current.node != f.node
+        && let Some(job) = super::jobs::active_for_workload(&mut *tx, id).await?
+    {
+        return Err(WorkloadWriteError::ActiveJob(job));
     }
     let updated = sqlx::query_as::<_, Workload>(AssertSqlSafe(SQL.as_str()))
         .bind(id)
