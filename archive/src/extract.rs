@@ -420,6 +420,28 @@ impl<'a, K: Sink> Walker<'a, K> {
         if kind == Kind::Symlink {
             check_symlink_target(&e.name, &e.link, parents.len(), limits)?;
         }
+        let target = (kind == Kind::Symlink).then_some(&e.link[..]);
+        self
+            .tree
+            .insert(parent, leaf, kind, e.meta, target)
+            .map_err(|err| match err {
+                InsertError::Duplicate { existing } => ArchiveError::DuplicateEntry {
+                    name: name(),
+                    reason: if existing == kind {
+                        "the same name twice"
+                    } else {
+                        "a file/directory/symlink clash"
+                    },
+                },
+                InsertError::CaseCollision { existing } => {
+                    let mut p = format!("volumes/{index}/").into_bytes();
+                    p.extend_from_slice(&self.tree.path(existing));
+                    ArchiveError::CaseCollision {
+                        name: name(),
+                        existing: show(&p),
+                    }
+                }
+            })?;
         if kind == Kind::File {
             let declared = self.manifest.volume(index).expect("checked");
             let vol = self.volumes.get_mut(&index).expect("checked");
@@ -449,28 +471,6 @@ impl<'a, K: Sink> Walker<'a, K> {
                 });
             }
         }
-        let target = (kind == Kind::Symlink).then_some(&e.link[..]);
-        let id = self
-            .tree
-            .insert(parent, leaf, kind, e.meta, target)
-            .map_err(|err| match err {
-                InsertError::Duplicate { existing } => ArchiveError::DuplicateEntry {
-                    name: name(),
-                    reason: if existing == kind {
-                        "the same name twice"
-                    } else {
-                        "a file/directory/symlink clash"
-                    },
-                },
-                InsertError::CaseCollision { existing } => {
-                    let mut p = format!("volumes/{index}/").into_bytes();
-                    p.extend_from_slice(&self.tree.path(existing));
-                    ArchiveError::CaseCollision {
-                        name: name(),
-                        existing: show(&p),
-                    }
-                }
-            })?;
         match kind {
             Kind::Dir => {
                 self.stats.dirs += 1;
@@ -501,7 +501,6 @@ impl<'a, K: Sink> Walker<'a, K> {
                 self.sink.end_file(&e.meta)?;
             }
         }
-        let _ = id;
         Ok(())
     }
 

@@ -584,7 +584,8 @@ fn put_octal(block: &mut [u8; BLOCK], (off, len): (usize, usize), v: u64) {
         f.fill(0);
         f[0] = 0x80;
         let bytes = v.to_be_bytes();
-        f[len - 8..].copy_from_slice(&bytes);
+        let n = (len - 1).min(8);
+        f[len - n..].copy_from_slice(&bytes[8 - n..]);
     }
 }
 
