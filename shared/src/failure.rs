@@ -26,6 +26,12 @@ pub const DOCKER: &str = "docker_error";
 pub const REDEPLOY_FAILED: &str = "redeploy_failed";
 pub const LEASE_LOST: &str = "lease_lost";
 pub const IO: &str = "io_error";
+/// A volume's host directory does not exist (capture refuses rather than record an
+/// empty volume that a later restore would use to wipe data).
+pub const VOLUME_SOURCE_MISSING: &str = "volume_source_missing";
+/// The worker died mid-job; recovery rolled the node back to its state before the
+/// job (nothing changed) and the job may simply be enqueued again.
+pub const INTERRUPTED: &str = "interrupted";
 
 const CLIENT_ACTIONABLE: &[&str] = &[
     CHECKSUM_MISMATCH,
@@ -40,6 +46,7 @@ const CLIENT_ACTIONABLE: &[&str] = &[
     WORKLOAD_NOT_FOUND,
     CROSS_FILESYSTEM,
     NO_VOLUMES,
+    VOLUME_SOURCE_MISSING,
 ];
 
 /// Whether a failure with this code is something the client can act on (HTTP 422)

@@ -104,9 +104,33 @@ pub struct RunArgs {
     /// Finished jobs older than this many days are pruned (0: never).
     #[arg(long, env = "VOLSNAP_JOB_RETENTION_DAYS", default_value_t = 30.0)]
     pub retention_days: f64,
+    /// Seconds Docker waits after SIGTERM before it kills a container being quiesced.
+    #[arg(long, env = "VOLSNAP_DOCKER_STOP_TIMEOUT_SECS", default_value_t = 30)]
+    pub docker_stop_timeout_secs: u64,
+    /// How long a redeploy waits for containers to be running (and healthy), seconds.
+    #[arg(long, env = "VOLSNAP_REDEPLOY_TIMEOUT_SECS", default_value_t = 120.0)]
+    pub redeploy_timeout_secs: f64,
+    /// How often files of deleted snapshots are removed, seconds (0: never).
+    #[arg(long, env = "VOLSNAP_DELETION_SWEEP_SECS", default_value_t = 30.0)]
+    pub deletion_sweep_secs: f64,
 }
 
 impl RunArgs {
+    pub fn engine_config(&self, node: String) -> crate::engine::EngineConfig {
+        let c = &self.common;
+        let mut cfg = crate::engine::EngineConfig::new(
+            node,
+            c.state_dir.clone(),
+            c.snapshot_dir(),
+            c.volumes_root.clone(),
+        );
+        cfg.stop_timeout = Duration::from_secs(self.docker_stop_timeout_secs);
+        cfg.start_timeout = Duration::from_secs_f64(self.redeploy_timeout_secs.max(0.1));
+        cfg.deletion_sweep = (self.deletion_sweep_secs > 0.0)
+            .then(|| Duration::from_secs_f64(self.deletion_sweep_secs.max(0.05)));
+        cfg
+    }
+
     pub fn queue_config(&self) -> volsnap_shared::queue::worker::WorkerConfig {
         let mut cfg = volsnap_shared::queue::worker::WorkerConfig::new(self.common.node());
         cfg.concurrency = self.concurrency.max(1);

@@ -2,6 +2,7 @@
 //! Postgres queue and runs the engine (capture, restore, recovery) against the node's
 //! Docker engine and disks.
 
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod failpoints;

@@ -1,39 +1,244 @@
-//! The engine: capture and restore jobs, and journal recovery. (Being built: issue 4.)
+//! The engine: capture and restore jobs on this node's volumes and Docker engine, the
+//! write-ahead journal and crash recovery, and removal of deleted snapshots' files.
+//!
+//! - [`restore`]: pre-flight → space → checksum → extract (app running) → journal →
+//!   quiesce → swap → redeploy → archive the old data → close. See docs/engine.md.
+//! - [`capture`]: stream a workload's volumes into a new snapshot.
+//! - [`recovery`]: bring every journaled job on this node to a consistent state, at
+//!   start-up and for every claimed job that is `recovering`.
 
-use std::path::PathBuf;
+pub mod archive;
+pub mod capture;
+pub mod docker;
+pub mod error;
+pub mod fsops;
+pub mod journal;
+pub mod paths;
+pub mod recovery;
+pub mod restore;
+pub mod store;
+pub mod swap;
+
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use volsnap_shared::domain::JobKind;
 use volsnap_shared::failure;
 use volsnap_shared::queue::worker::{JobContext, JobHandler, JobOutcome};
 
-/// Where the engine keeps its files and finds volumes.
+use self::docker::Docker;
+use self::error::{Failure, Stop};
+use self::journal::{JournalDir, Outcome};
+use self::paths::Roots;
+
+/// Where the engine keeps its files, finds volumes, and how patient it is with Docker.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub node: String,
     pub state_dir: PathBuf,
     pub snapshot_dir: PathBuf,
     pub volumes_root: PathBuf,
+    /// Docker's grace between SIGTERM and SIGKILL when quiescing.
+    pub stop_timeout: Duration,
+    /// How long a redeploy waits for containers to run (and be healthy).
+    pub start_timeout: Duration,
+    /// How often files of deleted snapshots are looked for (None: never).
+    pub deletion_sweep: Option<Duration>,
+    /// Caps for every archive read or written.
+    pub limits: archive::Limits,
+}
+
+impl EngineConfig {
+    pub fn new(
+        node: String,
+        state_dir: PathBuf,
+        snapshot_dir: PathBuf,
+        volumes_root: PathBuf,
+    ) -> Self {
+        EngineConfig {
+            node,
+            state_dir,
+            snapshot_dir,
+            volumes_root,
+            stop_timeout: Duration::from_secs(30),
+            start_timeout: Duration::from_secs(120),
+            deletion_sweep: Some(Duration::from_secs(30)),
+            limits: archive::Limits::default(),
+        }
+    }
 }
 
 pub struct Engine {
-    #[allow(dead_code)]
     pool: PgPool,
-    #[allow(dead_code)]
     cfg: EngineConfig,
+    roots: Roots,
+    docker: Docker,
+    journals: JournalDir,
+    background: CancellationToken,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.background.cancel();
+    }
 }
 
 impl Engine {
     pub async fn new(pool: PgPool, cfg: EngineConfig) -> anyhow::Result<Engine> {
-        Ok(Engine { pool, cfg })
+        use anyhow::Context as _;
+        let journals = JournalDir::new(&cfg.state_dir);
+        journals
+            .ensure()
+            .with_context(|| format!("creating {}", cfg.state_dir.join("journal").display()))?;
+        std::fs::create_dir_all(&cfg.snapshot_dir)
+            .with_context(|| format!("creating {}", cfg.snapshot_dir.display()))?;
+        let docker = Docker::connect(cfg.stop_timeout, cfg.start_timeout)
+            .await
+            .context("connecting to the Docker engine")?;
+        let roots = Roots {
+            volumes_root: cfg.volumes_root.clone(),
+            state_dir: cfg.state_dir.clone(),
+            snapshot_dir: cfg.snapshot_dir.clone(),
+        };
+        let background = CancellationToken::new();
+        if let Some(every) = cfg.deletion_sweep {
+            tokio::spawn(deletion_loop(
+                pool.clone(),
+                cfg.node.clone(),
+                cfg.snapshot_dir.clone(),
+                every,
+                background.clone(),
+            ));
+        }
+        Ok(Engine {
+            pool,
+            cfg,
+            roots,
+            docker,
+            journals,
+            background,
+        })
+    }
+
+    /// The absolute path of a snapshot's archive from its stored relative path.
+    fn snapshot_file(&self, rel: &str) -> Result<PathBuf, Failure> {
+        snapshot_file(&self.cfg.snapshot_dir, rel)
+    }
+}
+
+/// `snapshot_dir/rel`, refusing anything but a plain relative path.
+pub fn snapshot_file(snapshot_dir: &Path, rel: &str) -> Result<PathBuf, Failure> {
+    let p = Path::new(rel);
+    let plain = !rel.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
+    if !plain {
+        return Err(Failure::new(
+            failure::SNAPSHOT_FILE_MISSING,
+            "the snapshot's stored archive path is not a plain relative path",
+        ));
+    }
+    Ok(snapshot_dir.join(p))
+}
+
+/// Run blocking filesystem work off the async executor.
+pub async fn blocking<T, F>(f: F) -> Result<T, Failure>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Failure> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(Failure::internal(
+            failure::INTERNAL,
+            "a blocking step panicked",
+            e,
+        )),
     }
 }
 
 impl JobHandler for Engine {
     async fn startup_recovery(&self) -> anyhow::Result<()> {
-        Ok(())
+        recovery::startup_sweep(self).await
     }
 
-    async fn run(&self, _ctx: JobContext) -> JobOutcome {
-        JobOutcome::failed(failure::INTERNAL, "this worker build has no engine yet")
+    async fn run(&self, ctx: JobContext) -> JobOutcome {
+        let has_journal = matches!(self.journals.read(ctx.id()), Ok(Some(_)));
+        let res = if ctx.job.recovering || has_journal {
+            recovery::recover_claimed(self, &ctx).await
+        } else {
+            match ctx.job.kind {
+                JobKind::Restore => restore::run(self, &ctx).await,
+                JobKind::Capture => capture::run(self, &ctx).await,
+            }
+        };
+        outcome_of(&ctx, res)
+    }
+}
+
+fn outcome_of(ctx: &JobContext, res: Result<Outcome, Stop>) -> JobOutcome {
+    match res {
+        Ok(Outcome::Succeeded) => JobOutcome::Succeeded,
+        Ok(Outcome::Failed { code, message }) => {
+            tracing::warn!(job_id = %ctx.id(), %code, %message, "job failed");
+            JobOutcome::Failed { code, message }
+        }
+        Err(Stop::Failed(f)) => {
+            tracing::error!(job_id = %ctx.id(), code = %f.code, error = %f, "job failed");
+            JobOutcome::Failed {
+                code: f.code,
+                message: f.message,
+            }
+        }
+        Err(Stop::Cancelled) => JobOutcome::Cancelled,
+        Err(Stop::Shutdown) => JobOutcome::Requeue,
+        Err(Stop::LeaseLost) => JobOutcome::Abandon,
+        Err(Stop::NeedsRecovery(f)) => {
+            tracing::error!(job_id = %ctx.id(), error = %f, "job left for recovery");
+            JobOutcome::RequeueForRecovery
+        }
+    }
+}
+
+/// Remove the files of snapshots of this node that the API marked deleted.
+pub async fn sweep_deleted(
+    pool: &PgPool,
+    node: &str,
+    snapshot_dir: &Path,
+) -> anyhow::Result<usize> {
+    let rows = store::deleted_with_files(pool, node).await?;
+    let mut removed = 0;
+    for (id, rel) in rows {
+        if let Some(rel) = rel {
+            let path = snapshot_file(snapshot_dir, &rel)?;
+            blocking(move || {
+                fsops::remove_file(&path).map_err(|e| Failure::io("removing a snapshot file", e))
+            })
+            .await?;
+        }
+        store::mark_file_removed(pool, id).await?;
+        tracing::info!(snapshot_id = %id, "removed the file of a deleted snapshot");
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+async fn deletion_loop(
+    pool: PgPool,
+    node: String,
+    snapshot_dir: PathBuf,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = sweep_deleted(&pool, &node, &snapshot_dir).await {
+            tracing::warn!(error = %e, "removing files of deleted snapshots failed; will retry");
+        }
     }
 }

@@ -1,0 +1,120 @@
+//! The engine's use of the `volsnap-archive` crate, in one place: writing a snapshot
+//! of host directories, reading a manifest, extracting into staging directories, and
+//! mapping archive errors to job failure codes (`archive_<rule>`).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use volsnap_archive as va;
+use volsnap_shared::domain::VolumeSpec;
+use volsnap_shared::failure;
+use volsnap_shared::ids::WorkloadId;
+
+use super::error::Failure;
+
+pub use va::{Limits, Manifest};
+
+/// One host directory to put into a snapshot.
+#[derive(Debug, Clone)]
+pub struct SourceVolume {
+    pub index: u32,
+    pub spec: VolumeSpec,
+    pub path: PathBuf,
+}
+
+/// What a written archive is.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub sha256: String,
+    pub size: u64,
+    pub manifest: serde_json::Value,
+}
+
+impl Written {
+    /// The row fields for this archive stored at `archive_path`.
+    pub fn record<'a>(&'a self, archive_path: &'a str) -> super::store::ArchiveRecord<'a> {
+        super::store::ArchiveRecord {
+            archive_path,
+            size: self.size,
+            sha256: &self.sha256,
+            manifest: &self.manifest,
+        }
+    }
+}
+
+/// Map an archive error to a job failure: refusals and caps are client-actionable
+/// `archive_<rule>`; a full disk is `insufficient_space`; other I/O is internal.
+pub fn failure_of(e: va::ArchiveError) -> Failure {
+    match e.rule() {
+        "no_space" => Failure::new(
+            failure::INSUFFICIENT_SPACE,
+            "no space left on a filesystem while writing the data",
+        )
+        .with_cause(e),
+        "io" => Failure::internal(failure::IO, "I/O error while reading or writing data", e),
+        rule => {
+            let msg = format!("the snapshot archive was refused: {e}");
+            Failure::new(&format!("{}{rule}", failure::ARCHIVE_PREFIX), msg).with_cause(e)
+        }
+    }
+}
+
+/// Write `volumes` as an archive into `out` (the caller makes it durable).
+pub fn write(
+    out: &mut std::fs::File,
+    workload: WorkloadId,
+    volumes: &[SourceVolume],
+    limits: &Limits,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Written, Failure> {
+    let inputs: Vec<va::VolumeInput> = volumes
+        .iter()
+        .map(|v| va::VolumeInput {
+            index: v.index,
+            target: v.spec.target.clone(),
+            scope: v.spec.scope.as_str().to_owned(),
+            source: v.spec.source.clone(),
+            path: v.path.clone(),
+        })
+        .collect();
+    let opts = va::WriteOptions {
+        limits: limits.clone(),
+        ..Default::default()
+    };
+    let s = va::write_archive(out, &workload.to_string(), &inputs, &opts, &mut progress)
+        .map_err(failure_of)?;
+    let manifest = serde_json::from_slice(&s.manifest.to_json())
+        .map_err(|e| Failure::internal(failure::INTERNAL, "encoding the manifest", e))?;
+    Ok(Written {
+        sha256: s.sha256,
+        size: s.size,
+        manifest,
+    })
+}
+
+pub fn read_manifest(path: &Path) -> Result<Manifest, Failure> {
+    va::read_manifest(path).map_err(failure_of)
+}
+
+/// Extract every volume of the archive read from `reader` into its staging directory
+/// (`index → dir`; each must not exist, its parent must).
+pub fn extract(
+    reader: impl Read + Send,
+    staging: &BTreeMap<u32, PathBuf>,
+    limits: &Limits,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<(), Failure> {
+    let opts = va::ExtractOptions {
+        limits: limits.clone(),
+        ..Default::default()
+    };
+    va::extract(reader, staging, &opts, &mut progress)
+        .map(|_| ())
+        .map_err(failure_of)
+}
+
+/// Check a whole archive (every rule, nothing written): manifest, size and sha256.
+pub fn verify_full(path: &Path, limits: &Limits) -> Result<va::VerifySummary, Failure> {
+    va::verify(path, limits).map_err(failure_of)
+}

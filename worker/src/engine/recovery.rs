@@ -1,0 +1,185 @@
+//! Crash recovery: bring every journaled job on this node to a consistent state.
+//!
+//! Runs at start-up (before the first claim) for every journal whose workload lock it
+//! can take — a journal whose workload lock is held belongs to a live worker — and for
+//! every claimed job that is `recovering` (the runner holds the lock then). Before the
+//! commit point a restore is rolled back (old data in place, staging removed); after it
+//! the restore is rolled forward (redeploy, archive the old data, delete it). Either way
+//! the containers the journal names are started. The decision is written to the
+//! journal as `finished` before the job row is finished, so every step is idempotent
+//! and recovery itself may be killed at any point and run again.
+
+use volsnap_shared::domain::{JobKind, SnapshotState};
+use volsnap_shared::failure;
+use volsnap_shared::ids::JobId;
+use volsnap_shared::queue::worker::JobContext;
+use volsnap_shared::queue::{ADVISORY_LOCK_CLASS, workload_lock_key};
+
+use super::error::{Failure, Stop};
+use super::journal::{Journal, JournalState, Outcome};
+use super::restore::{close_journal, finish_forward, partial_path, roll_back, write_journal};
+use super::{Engine, blocking, capture, fsops, store};
+use crate::crash_point;
+
+/// Recover one journal. Returns the job's outcome; the journal is left `finished`.
+#[tracing::instrument(skip_all, fields(job_id = %j.job_id, state = ?j.state))]
+pub async fn recover_journal(
+    eng: &Engine,
+    ctx: Option<&JobContext>,
+    j: &mut Journal,
+) -> Result<Outcome, Failure> {
+    crash_point!("recovery.begin");
+    let outcome = match j.state.clone() {
+        JournalState::Finished { outcome } => return Ok(outcome),
+        JournalState::Staging | JournalState::Quiescing | JournalState::Swapping => {
+            tracing::warn!("interrupted before the commit point: rolling back");
+            roll_back(eng, j).await?;
+            Outcome::Failed {
+                code: failure::INTERRUPTED.into(),
+                message: "the worker stopped during the restore, before its commit point; every volume \
+                          was rolled back to its previous data and the workload restarted (nothing changed)"
+                    .into(),
+            }
+        }
+        JournalState::Committed
+        | JournalState::Redeployed
+        | JournalState::Archiving { .. }
+        | JournalState::Archived { .. } => {
+            tracing::warn!("interrupted after the commit point: rolling forward");
+            finish_forward(eng, ctx, j, None).await?
+        }
+        JournalState::Capturing => capture::recover(eng, j).await?,
+    };
+    j.state = JournalState::Finished {
+        outcome: outcome.clone(),
+    };
+    write_journal(eng, j).await?;
+    crash_point!("recovery.finished");
+    tracing::info!(?outcome, "recovered");
+    Ok(outcome)
+}
+
+/// A claimed job that is `recovering` (or that has a journal here).
+#[tracing::instrument(skip_all, fields(job_id = %ctx.id()))]
+pub async fn recover_claimed(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
+    ctx.set_phase("recovering").await?;
+    let journal = eng
+        .journals
+        .read(ctx.id())
+        .map_err(|e| Failure::io("reading the journal", e))?;
+    let Some(mut j) = journal else {
+        return Ok(without_journal(eng, ctx).await?);
+    };
+    match recover_journal(eng, Some(ctx), &mut j).await {
+        Ok(outcome) => {
+            close_journal(eng, ctx.id()).await?;
+            Ok(outcome)
+        }
+        Err(_) if ctx.lease_lost.is_cancelled() => Err(Stop::LeaseLost),
+        Err(f) => {
+            // Keep the journal: start-up recovery retries it, and new restores of this
+            // workload are refused until it succeeds.
+            tracing::error!(error = %f, "recovery failed; the journal is kept for the next start");
+            Ok(Outcome::Failed {
+                code: f.code,
+                message: format!(
+                    "recovery of this job failed and needs attention on node {}: {}",
+                    eng.cfg.node, f.message
+                ),
+            })
+        }
+    }
+}
+
+/// No journal: either nothing was touched yet (the journal is written before the
+/// first change) or the job had finished and closed it just before the crash.
+async fn without_journal(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Failure> {
+    let interrupted = |what: &str| Outcome::Failed {
+        code: failure::INTERRUPTED.into(),
+        message: format!(
+            "the worker stopped during the {what} before it changed anything (enqueue it again)"
+        ),
+    };
+    match ctx.job.kind {
+        JobKind::Restore => {
+            if let Some(sid) = ctx.job.pre_restore_snapshot_id
+                && store::snapshot_state(&eng.pool, sid).await? == Some(SnapshotState::Ready)
+            {
+                return Ok(Outcome::Succeeded);
+            }
+            Ok(interrupted("restore"))
+        }
+        JobKind::Capture => {
+            let Some(sid) = ctx.job.snapshot_id else {
+                return Ok(interrupted("capture"));
+            };
+            if store::snapshot_state(&eng.pool, sid).await? == Some(SnapshotState::Ready) {
+                return Ok(Outcome::Succeeded);
+            }
+            let dest = eng.snapshot_file(&format!("{}/{sid}.tar.gz", ctx.job.workload_id))?;
+            blocking(move || {
+                fsops::remove_file(&partial_path(&dest)).map_err(|e| Failure::io("cleanup", e))?;
+                fsops::remove_file(&dest).map_err(|e| Failure::io("cleanup", e))
+            })
+            .await?;
+            store::mark_failed(&eng.pool, sid).await?;
+            Ok(interrupted("capture"))
+        }
+    }
+}
+
+/// At start-up, before claiming: recover every journal on this node whose workload is
+/// not locked by a live worker. Jobs still open in the database keep their `finished`
+/// journal until their recovering claim reports the outcome.
+pub async fn startup_sweep(eng: &Engine) -> anyhow::Result<()> {
+    let ids = eng.journals.list()?;
+    if !ids.is_empty() {
+        tracing::warn!(
+            count = ids.len(),
+            "journals found: recovering before claiming work"
+        );
+    }
+    for id in ids {
+        if let Err(e) = recover_at_startup(eng, id).await {
+            tracing::error!(job_id = %id, error = %e, "start-up recovery of a journal failed; it is kept");
+        }
+    }
+    Ok(())
+}
+
+async fn recover_at_startup(eng: &Engine, id: JobId) -> anyhow::Result<()> {
+    let Some(mut j) = eng.journals.read(id)? else {
+        return Ok(());
+    };
+    let mut conn = eng.pool.acquire().await?;
+    let key = workload_lock_key(j.workload_id);
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+        .bind(ADVISORY_LOCK_CLASS)
+        .bind(key)
+        .fetch_one(&mut *conn)
+        .await?;
+    if !locked {
+        tracing::info!(job_id = %id, "workload locked by a live worker; leaving its journal alone");
+        return Ok(());
+    }
+    let res = async {
+        let outcome = recover_journal(eng, None, &mut j).await?;
+        let state = store::job_state(&eng.pool, id).await?;
+        if state.is_none_or(|s| s.is_final()) {
+            close_journal(eng, id).await?;
+        }
+        Ok::<_, Failure>(outcome)
+    }
+    .await;
+    let unlocked: Result<bool, _> = sqlx::query_scalar("SELECT pg_advisory_unlock($1, $2)")
+        .bind(ADVISORY_LOCK_CLASS)
+        .bind(key)
+        .fetch_one(&mut *conn)
+        .await;
+    if !matches!(unlocked, Ok(true)) {
+        conn.detach();
+    }
+    let outcome = res?;
+    tracing::info!(job_id = %id, ?outcome, kind = ?j.kind, "journal recovered at start-up");
+    Ok(())
+}
