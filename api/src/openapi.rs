@@ -8,8 +8,13 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use utoipa::openapi::OpenApi as OpenApiDoc;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
+use volsnap_shared::domain::{
+    JobKind, JobState, Role, SnapshotKind, SnapshotState, SourceKind, VolumeScope,
+};
 
 use crate::AppState;
 
@@ -48,13 +53,63 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The stored enums of `volsnap_shared::domain` serialise as their lowercase text (e.g.
+/// `"queued"`, `"pre-restore"`); utoipa cannot see the per-variant renames generated
+/// by their declaring macro, so their schemas are rewritten from `as_str()` here.
+struct StoredEnumValues;
+
+fn stored_enum(description: Option<String>, values: Vec<&'static str>) -> RefOr<Schema> {
+    RefOr::T(Schema::Object(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(description)
+            .enum_values(Some(values))
+            .build(),
+    ))
+}
+
+macro_rules! stored_enums {
+    ($components:expr, $($ty:ident),+) => {
+        $(
+            let description = match $components.schemas.get(stringify!($ty)) {
+                Some(RefOr::T(Schema::Object(o))) => o.description.clone(),
+                _ => None,
+            };
+            let values = $ty::ALL.iter().map(|v| v.as_str()).collect();
+            $components.schemas.insert(stringify!($ty).to_owned(), stored_enum(description, values));
+        )+
+    };
+}
+
+impl Modify for StoredEnumValues {
+    fn modify(&self, openapi: &mut OpenApiDoc) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        stored_enums!(
+            components,
+            JobKind,
+            JobState,
+            SourceKind,
+            SnapshotKind,
+            SnapshotState,
+            VolumeScope,
+            Role
+        );
+    }
+}
+
+/// Rewrite the stored enums after every route module has added its schemas.
+pub fn finish(doc: &mut OpenApiDoc) {
+    StoredEnumValues.modify(doc);
+}
+
 /// The document the route modules add their paths to.
 pub fn base() -> OpenApiDoc {
     ApiDoc::openapi()
 }
 
 /// Serves the finished document (serialised once).
-pub fn router(doc: OpenApiDoc) -> Router<AppState> {
+pub fn router(mut doc: OpenApiDoc) -> Router<AppState> {
+    finish(&mut doc);
     let json: Arc<str> = doc.to_json().expect("OpenAPI document serialises").into();
     Router::new().route(
         "/api/openapi.json",

@@ -30,11 +30,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadBody {
-    /// `^[a-z0-9][a-z0-9_.-]{0,62}$`; unique within project and stage.
+    /// Unique within project and stage.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_.-]{0,62}$")]
     pub name: String,
-    /// `^[a-z0-9][a-z0-9_.-]{0,62}$`
+    #[schema(pattern = "^[a-z0-9][a-z0-9_.-]{0,62}$")]
     pub project: String,
-    /// `^[a-z0-9][a-z0-9_.-]{0,62}$`
+    #[schema(pattern = "^[a-z0-9][a-z0-9_.-]{0,62}$")]
     pub stage: String,
     /// The node (host) holding the workload's volumes; its jobs run there.
     pub node: String,
