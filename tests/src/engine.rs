@@ -490,6 +490,11 @@ pub fn write_tree(dir: &Path, seed: u64, scale: usize) {
 /// targets. The root directory's own metadata is left out; a leftover
 /// `.volsnap-marker` (or any other entry) changes the hash.
 pub fn tree_hash(dir: &Path) -> String {
+    tree_hash_except(dir, None)
+}
+
+/// [`tree_hash`] leaving out one root entry (e.g. the engine's marker file).
+pub fn tree_hash_except(dir: &Path, skip: Option<&str>) -> String {
     let mut h = Sha256::new();
     let mut entries: BTreeMap<String, String> = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -498,6 +503,9 @@ pub fn tree_hash(dir: &Path) -> String {
             let e = e.unwrap();
             let p = e.path();
             let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            if skip == Some(rel.as_str()) {
+                continue;
+            }
             let m = std::fs::symlink_metadata(&p).unwrap();
             let desc = if m.file_type().is_symlink() {
                 format!("l {}", std::fs::read_link(&p).unwrap().display())
