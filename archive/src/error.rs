@@ -86,7 +86,11 @@ pub enum ArchiveError {
 
     /// An entry is nested too deeply below its volume root.
     #[error("entry {name:?} is {depth} levels deep, over the cap of {limit}")]
-    DepthCap { name: String, depth: u64, limit: u64 },
+    DepthCap {
+        name: String,
+        depth: u64,
+        limit: u64,
+    },
 
     /// The decompressed stream grew too fast relative to the compressed input.
     #[error(

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{ArchiveError, show};
 use crate::fsops::{FsSink, NullSink, Sink};
-use crate::gz::{InlineSource, Inflater, spawn_inflater};
+use crate::gz::{Inflater, InlineSource, spawn_inflater};
 use crate::limits::{ExtractOptions, Limits, MANIFEST_MAX_BYTES};
 use crate::manifest::{MANIFEST_NAME, Manifest};
 use crate::names::{check_entry_name, check_symlink_target, is_reserved, parse_index};
@@ -118,8 +118,7 @@ pub fn extract<R: Read + Send>(
         let manifest = read_manifest_entry(&mut stream, &opts.limits)?;
         check_declared(&manifest, &opts.limits)?;
         let mut sink = FsSink::create(staging, &manifest, opts.preserve_owner, opts.fsync)?;
-        let stats = Walker::new(&manifest, &opts.limits, &mut sink, progress)
-            .run(&mut stream)?;
+        let stats = Walker::new(&manifest, &opts.limits, &mut sink, progress).run(&mut stream)?;
         sink.commit();
         let compressed_bytes = stream_compressed(&stream);
         tracing::info!(
@@ -184,7 +183,8 @@ pub fn verify_stream<R: Read + Send>(
         let mut stream = TarStream::new(spawn_inflater(scope, archive, limits));
         let manifest = read_manifest_entry(&mut stream, limits)?;
         check_declared(&manifest, limits)?;
-        let stats = Walker::new(&manifest, limits, &mut NullSink, &mut |_, _| {}).run(&mut stream)?;
+        let stats =
+            Walker::new(&manifest, limits, &mut NullSink, &mut |_, _| {}).run(&mut stream)?;
         Ok((manifest, stats))
     })
 }
@@ -270,7 +270,10 @@ impl<'a, K: Sink> Walker<'a, K> {
         }
     }
 
-    fn run<S: ChunkSource>(mut self, stream: &mut TarStream<S>) -> Result<EntryStats, ArchiveError> {
+    fn run<S: ChunkSource>(
+        mut self,
+        stream: &mut TarStream<S>,
+    ) -> Result<EntryStats, ArchiveError> {
         (self.progress)(0, self.total);
         while let Some(entry) = stream.next_entry(self.limits)? {
             self.entry(entry, stream)?;
@@ -421,8 +424,7 @@ impl<'a, K: Sink> Walker<'a, K> {
             check_symlink_target(&e.name, &e.link, parents.len(), limits)?;
         }
         let target = (kind == Kind::Symlink).then_some(&e.link[..]);
-        self
-            .tree
+        self.tree
             .insert(parent, leaf, kind, e.meta, target)
             .map_err(|err| match err {
                 InsertError::Duplicate { existing } => ArchiveError::DuplicateEntry {

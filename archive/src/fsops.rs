@@ -22,7 +22,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, Dir, Gid, Mode, OFlags, Timespec, Timestamps, Uid, UTIME_OMIT};
+use rustix::fs::{AtFlags, Dir, Gid, Mode, OFlags, Timespec, Timestamps, UTIME_OMIT, Uid};
 use rustix::io::Errno;
 
 use crate::error::{ArchiveError, errno, show};
@@ -39,8 +39,7 @@ pub(crate) trait Sink {
     /// Binds a volume root node to its output.
     fn bind_root(&mut self, index: u32, root: NodeId);
     fn mkdir(&mut self, tree: &Tree, parent: NodeId, name: &[u8]) -> Result<(), ArchiveError>;
-    fn begin_file(&mut self, tree: &Tree, parent: NodeId, name: &[u8])
-    -> Result<(), ArchiveError>;
+    fn begin_file(&mut self, tree: &Tree, parent: NodeId, name: &[u8]) -> Result<(), ArchiveError>;
     fn write(&mut self, data: &[u8]) -> Result<(), ArchiveError>;
     fn end_file(&mut self, meta: &Meta) -> Result<(), ArchiveError>;
     fn symlink(
@@ -163,7 +162,10 @@ impl FsSink {
                 return Err(staging_invalid(path, "its parent is not a directory"));
             }
             let full = canon.join(&name);
-            if seen.iter().any(|s| s.starts_with(&full) || full.starts_with(s)) {
+            if seen
+                .iter()
+                .any(|s| s.starts_with(&full) || full.starts_with(s))
+            {
                 return Err(staging_invalid(
                     path,
                     "two volumes share or nest staging directories",
@@ -203,8 +205,9 @@ impl FsSink {
                 fd: None,
             });
             let slot = sink.staging.len() - 1;
-            let fd = rustix::fs::openat(&sink.staging[slot].parent, &name, DIR_FLAGS, Mode::empty())
-                .map_err(|e| errno(format!("opening {path:?}"), e))?;
+            let fd =
+                rustix::fs::openat(&sink.staging[slot].parent, &name, DIR_FLAGS, Mode::empty())
+                    .map_err(|e| errno(format!("opening {path:?}"), e))?;
             sink.staging[slot].fd = Some(fd);
             sink.by_index.insert(index, slot);
         }
@@ -249,7 +252,9 @@ impl FsSink {
                     None => self.root_fd(root),
                 };
                 rustix::fs::openat(parent, &tree.node(id).name[..], DIR_FLAGS, Mode::empty())
-                    .map_err(|e| errno(format!("opening directory {:?}", show(&tree.path(id))), e))?
+                    .map_err(|e| {
+                        errno(format!("opening directory {:?}", show(&tree.path(id))), e)
+                    })?
             };
             self.stack.push((id, fd));
         }
@@ -316,16 +321,17 @@ impl Sink for FsSink {
 
     fn mkdir(&mut self, tree: &Tree, parent: NodeId, name: &[u8]) -> Result<(), ArchiveError> {
         self.open_dir(tree, parent)?;
-        rustix::fs::mkdirat(self.fd_of(tree, parent), name, Mode::from_raw_mode(0o700))
-            .map_err(|e| errno(Self::entry_context(tree, parent, name, "creating directory"), e))
+        rustix::fs::mkdirat(self.fd_of(tree, parent), name, Mode::from_raw_mode(0o700)).map_err(
+            |e| {
+                errno(
+                    Self::entry_context(tree, parent, name, "creating directory"),
+                    e,
+                )
+            },
+        )
     }
 
-    fn begin_file(
-        &mut self,
-        tree: &Tree,
-        parent: NodeId,
-        name: &[u8],
-    ) -> Result<(), ArchiveError> {
+    fn begin_file(&mut self, tree: &Tree, parent: NodeId, name: &[u8]) -> Result<(), ArchiveError> {
         self.open_dir(tree, parent)?;
         let fd = rustix::fs::openat(
             self.fd_of(tree, parent),

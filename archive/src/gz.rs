@@ -272,12 +272,15 @@ enum In {
     Finish,
 }
 
+/// What a compressor thread returns: (sha256 hex, compressed size, writer), or `None`
+/// when the producer went away without finishing (capture aborted).
+type DeflateResult<W> = Result<Option<(String, u64, W)>, ArchiveError>;
+
 /// The producer end of a compressor thread.
 pub(crate) struct Deflater<'scope, W> {
     tx: SyncSender<In>,
     free: Receiver<Vec<u8>>,
-    /// `Ok(None)`: the producer went away without finishing (capture aborted).
-    handle: ScopedJoinHandle<'scope, Result<Option<(String, u64, W)>, ArchiveError>>,
+    handle: ScopedJoinHandle<'scope, DeflateResult<W>>,
 }
 
 /// Starts a thread that gzips what it is sent into `out`, hashing the output.
@@ -394,7 +397,10 @@ mod tests {
         bad_crc[n - 6] ^= 0xff;
         assert_eq!(drain(&bad_crc, &l).unwrap_err().rule(), "corrupt_gzip");
         assert_eq!(drain(b"", &l).unwrap_err().rule(), "corrupt_gzip");
-        assert_eq!(drain(b"not gzip at all", &l).unwrap_err().rule(), "corrupt_gzip");
+        assert_eq!(
+            drain(b"not gzip at all", &l).unwrap_err().rule(),
+            "corrupt_gzip"
+        );
     }
 
     #[test]
@@ -405,7 +411,10 @@ mod tests {
             ratio_grace_bytes: 1 << 20,
             ..Limits::default()
         };
-        assert_eq!(drain(&zeros, &l).unwrap_err().rule(), "compression_ratio_cap");
+        assert_eq!(
+            drain(&zeros, &l).unwrap_err().rule(),
+            "compression_ratio_cap"
+        );
         let lenient = Limits {
             max_compression_ratio: 2000,
             ..l

@@ -250,12 +250,11 @@ impl<S: ChunkSource> TarStream<S> {
                             if pax.is_some() {
                                 return Err(self.corrupt("two PAX headers for one entry"));
                             }
-                            pax = Some(Pax::parse(&data).map_err(|r| {
-                                ArchiveError::CorruptTar {
+                            pax =
+                                Some(Pax::parse(&data).map_err(|r| ArchiveError::CorruptTar {
                                     offset,
                                     reason: r.into(),
-                                }
-                            })?);
+                                })?);
                         }
                         kind => {
                             let slot = if kind == b'L' {
@@ -266,12 +265,11 @@ impl<S: ChunkSource> TarStream<S> {
                             if slot.is_some() {
                                 return Err(self.corrupt("two GNU long-name records for one entry"));
                             }
-                            *slot = Some(gnu_long(&data).map_err(|r| {
-                                ArchiveError::CorruptTar {
+                            *slot =
+                                Some(gnu_long(&data).map_err(|r| ArchiveError::CorruptTar {
                                     offset,
                                     reason: r.into(),
-                                }
-                            })?);
+                                })?);
                         }
                     }
                 }
@@ -329,7 +327,9 @@ impl<S: ChunkSource> TarStream<S> {
             self.offset += chunk.len() as u64;
             self.pos = self.cur.len();
             if self.offset - start > MAX_TRAILING_ZEROS {
-                return Err(ArchiveError::TrailingData { offset: self.offset });
+                return Err(ArchiveError::TrailingData {
+                    offset: self.offset,
+                });
             }
         }
         Ok(())
@@ -404,7 +404,7 @@ impl RawHeader {
             mode: u32::try_from(mode)
                 .ok()
                 .filter(|m| *m <= 0o7777_7777)
-                .ok_or("bad mode field")? as u32,
+                .ok_or("bad mode field")?,
             uid: u32::try_from(uid).map_err(|_| "uid out of range")?,
             gid: u32::try_from(gid).map_err(|_| "gid out of range")?,
             size,
@@ -519,11 +519,7 @@ impl Pax {
             match key {
                 b"path" => p.path = v.map(<[u8]>::to_vec),
                 b"linkpath" => p.linkpath = v.map(<[u8]>::to_vec),
-                b"size" => {
-                    p.size = v
-                        .map(|v| dec_u64(v).ok_or("bad PAX size"))
-                        .transpose()?
-                }
+                b"size" => p.size = v.map(|v| dec_u64(v).ok_or("bad PAX size")).transpose()?,
                 b"uid" | b"gid" => {
                     let id = v
                         .map(|v| {
@@ -712,7 +708,14 @@ mod tests {
         };
         let mut out = Vec::new();
         write_header(&mut out, long.as_bytes(), b'5', &meta, 0, b"");
-        write_header(&mut out, b"volumes/0/l", b'2', &meta, 0, "t/".repeat(80).as_bytes());
+        write_header(
+            &mut out,
+            b"volumes/0/l",
+            b'2',
+            &meta,
+            0,
+            "t/".repeat(80).as_bytes(),
+        );
         out.extend_from_slice(&[0u8; 1024]);
         // The tar crate agrees with what we wrote.
         let mut ar = tar::Archive::new(&out[..]);

@@ -153,7 +153,12 @@ impl Scanner<'_> {
         Ok(())
     }
 
-    fn scan_dir(&mut self, dir: BorrowedFd<'_>, parent: NodeId, depth: u32) -> Result<(), ArchiveError> {
+    fn scan_dir(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        parent: NodeId,
+        depth: u32,
+    ) -> Result<(), ArchiveError> {
         let (index, here) = (self.index, show(&self.path));
         let ctx = |what: &str| format!("{what} volume {index} at {here:?}");
         let mut list: Vec<(Vec<u8>, Stat)> = Vec::new();
@@ -215,7 +220,9 @@ impl Scanner<'_> {
                         .map_err(|e| errno(ctx("reading a symlink in"), e))?
                         .into_bytes();
                     let full = self.archive_name(&name);
-                    if let Err(e) = check_symlink_target(full.as_bytes(), &t, depth as usize - 1, self.limits) {
+                    if let Err(e) =
+                        check_symlink_target(full.as_bytes(), &t, depth as usize - 1, self.limits)
+                    {
                         tracing::warn!(volume = self.index, name = %full, error = %e, "skipping symlink");
                         self.out.skipped += 1;
                         continue;
@@ -315,7 +322,8 @@ fn scan_volume(
         Err(Errno::NOENT) => return Err(invalid("it does not exist".into())),
         Err(e) => return Err(errno(format!("opening volume {:?}", v.path), e)),
     };
-    let st = rustix::fs::fstat(&root_fd).map_err(|e| errno(format!("inspecting {:?}", v.path), e))?;
+    let st =
+        rustix::fs::fstat(&root_fd).map_err(|e| errno(format!("inspecting {:?}", v.path), e))?;
     let root_meta = meta_of(&st);
     let mut tree = Tree::new();
     tree.add_root(root_meta);
@@ -344,7 +352,8 @@ fn scan_volume(
         },
         path: Vec::new(),
     };
-    let fd = rustix::io::dup(&sc.out.root_fd).map_err(|e| errno("duplicating a directory fd", e))?;
+    let fd =
+        rustix::io::dup(&sc.out.root_fd).map_err(|e| errno("duplicating a directory fd", e))?;
     sc.scan_dir(fd.as_fd(), 0, 1)?;
     let mut out = sc.out;
     // Drop symlinks whose chain leaves the volume, until none does (dropping one can
@@ -412,7 +421,12 @@ pub fn write_archive<W: Write + Send>(
     let mut bytes_total = 0;
     let mut scanned = Vec::with_capacity(volumes.len());
     for v in volumes {
-        scanned.push(scan_volume(v, &opts.limits, &mut entries_total, &mut bytes_total)?);
+        scanned.push(scan_volume(
+            v,
+            &opts.limits,
+            &mut entries_total,
+            &mut bytes_total,
+        )?);
     }
     for (mv, s) in manifest.volumes.iter_mut().zip(&scanned) {
         mv.files = s.files;
@@ -446,7 +460,14 @@ pub fn write_archive<W: Write + Send>(
                 mtime: created_at.timestamp().max(0),
                 ..Meta::default()
             };
-            write_header(&mut em.buf, MANIFEST_NAME.as_bytes(), b'0', &meta, json.len() as u64, b"");
+            write_header(
+                &mut em.buf,
+                MANIFEST_NAME.as_bytes(),
+                b'0',
+                &meta,
+                json.len() as u64,
+                b"",
+            );
             em.buf.extend_from_slice(&json);
             em.pad(json.len() as u64);
             for s in &scanned {
@@ -510,7 +531,11 @@ impl Emitter<'_> {
             return Ok(());
         }
         let full = std::mem::replace(&mut self.buf, (self.fresh)());
-        if (self.send)(full) { Ok(()) } else { Err(Emit::Stopped) }
+        if (self.send)(full) {
+            Ok(())
+        } else {
+            Err(Emit::Stopped)
+        }
     }
 
     fn maybe_flush(&mut self) -> Result<(), Emit> {
@@ -529,9 +554,8 @@ impl Emitter<'_> {
         let prefix = format!("volumes/{}/", s.index).into_bytes();
         write_header(&mut self.buf, &prefix, b'5', &s.root_meta, 0, b"");
         // dirs[d] is the fd of the directory at depth d on the current path.
-        let mut dirs: Vec<OwnedFd> = vec![
-            rustix::io::dup(&s.root_fd).map_err(|e| errno("duplicating a directory fd", e))?,
-        ];
+        let mut dirs: Vec<OwnedFd> =
+            vec![rustix::io::dup(&s.root_fd).map_err(|e| errno("duplicating a directory fd", e))?];
         let mut path: Vec<Box<[u8]>> = Vec::new();
         let mut name = Vec::with_capacity(256);
         for e in &s.entries {
@@ -578,7 +602,13 @@ impl Emitter<'_> {
         Ok(())
     }
 
-    fn file(&mut self, dir: BorrowedFd<'_>, e: &ScanEntry, name: &[u8], index: u32) -> Result<(), Emit> {
+    fn file(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        e: &ScanEntry,
+        name: &[u8],
+        index: u32,
+    ) -> Result<(), Emit> {
         let changed = |reason| ArchiveError::SourceChanged {
             index,
             name: show(name),
@@ -594,7 +624,8 @@ impl Emitter<'_> {
             Errno::NOENT | Errno::LOOP => changed("file vanished or became a symlink"),
             err => errno(format!("opening {:?}", show(name)), err),
         })?;
-        let st = rustix::fs::fstat(&fd).map_err(|err| errno(format!("inspecting {:?}", show(name)), err))?;
+        let st = rustix::fs::fstat(&fd)
+            .map_err(|err| errno(format!("inspecting {:?}", show(name)), err))?;
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return Err(changed("no longer a regular file").into());
         }
@@ -616,7 +647,9 @@ impl Emitter<'_> {
                     Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(err) => {
                         self.buf.truncate(start);
-                        return Err(ArchiveError::io(format!("reading {:?}", show(name)), err).into());
+                        return Err(
+                            ArchiveError::io(format!("reading {:?}", show(name)), err).into()
+                        );
                     }
                 }
             };

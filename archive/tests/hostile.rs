@@ -25,16 +25,34 @@ fn absolute_names() {
     let a = Arena::new();
     let victim = a.sentinel().join("pwned");
     let name = victim.to_str().unwrap();
-    a.assert_refused(&archive(&[root(), Raw::file(name, "x")]), 1, &opts(), "absolute_path");
+    a.assert_refused(
+        &archive(&[root(), Raw::file(name, "x")]),
+        1,
+        &opts(),
+        "absolute_path",
+    );
     refused(vec![Raw::file("/volumes/0/x", "x")], "absolute_path");
     refused(vec![root(), Raw::dir("/")], "absolute_path");
 }
 
 #[test]
 fn dot_dot_anywhere() {
-    refused(vec![root(), Raw::file("volumes/0/../../sentinel/pwned", "x")], "path_traversal");
-    refused(vec![root(), Raw::file("../../sentinel/pwned", "x")], "path_traversal");
-    refused(vec![root(), Raw::dir("volumes/0/a/"), Raw::file("volumes/0/a/../b", "x")], "path_traversal");
+    refused(
+        vec![root(), Raw::file("volumes/0/../../sentinel/pwned", "x")],
+        "path_traversal",
+    );
+    refused(
+        vec![root(), Raw::file("../../sentinel/pwned", "x")],
+        "path_traversal",
+    );
+    refused(
+        vec![
+            root(),
+            Raw::dir("volumes/0/a/"),
+            Raw::file("volumes/0/a/../b", "x"),
+        ],
+        "path_traversal",
+    );
     refused(vec![root(), Raw::dir("volumes/0/..")], "path_traversal");
     // The same through a PAX path record and a GNU long name.
     let mut pax = Raw::file("volumes/0/innocent", "x");
@@ -47,7 +65,10 @@ fn dot_dot_anywhere() {
 
 #[test]
 fn non_normalised_names() {
-    refused(vec![root(), Raw::file("volumes/0/./x", "x")], "invalid_name");
+    refused(
+        vec![root(), Raw::file("volumes/0/./x", "x")],
+        "invalid_name",
+    );
     refused(vec![root(), Raw::file("volumes/0//x", "x")], "invalid_name");
     refused(vec![root(), Raw::file("volumes/0/x/", "x")], "invalid_name");
 }
@@ -67,11 +88,19 @@ fn symlink_absolute() {
 #[test]
 fn symlink_relative_escape() {
     refused(
-        vec![root(), Raw::symlink("volumes/0/l", "../../sentinel"), Raw::file("volumes/0/l/victim", "x")],
+        vec![
+            root(),
+            Raw::symlink("volumes/0/l", "../../sentinel"),
+            Raw::file("volumes/0/l/victim", "x"),
+        ],
         "symlink_escape",
     );
     refused(
-        vec![root(), Raw::dir("volumes/0/d/"), Raw::symlink("volumes/0/d/l", "../x/../../y")],
+        vec![
+            root(),
+            Raw::dir("volumes/0/d/"),
+            Raw::symlink("volumes/0/d/l", "../x/../../y"),
+        ],
         "symlink_escape",
     );
 }
@@ -101,7 +130,11 @@ fn symlink_escape_via_chain() {
     );
     // A loop cannot be judged: refused.
     refused(
-        vec![root(), Raw::symlink("volumes/0/a", "b"), Raw::symlink("volumes/0/b", "a")],
+        vec![
+            root(),
+            Raw::symlink("volumes/0/a", "b"),
+            Raw::symlink("volumes/0/b", "a"),
+        ],
         "symlink_escape",
     );
 }
@@ -119,7 +152,12 @@ fn symlink_used_as_directory() {
         "symlink_escape",
     );
     refused(
-        vec![root(), Raw::dir("volumes/0/sub/"), Raw::symlink("volumes/0/l", "sub"), Raw::dir("volumes/0/l/d/")],
+        vec![
+            root(),
+            Raw::dir("volumes/0/sub/"),
+            Raw::symlink("volumes/0/l", "sub"),
+            Raw::dir("volumes/0/l/d/"),
+        ],
         "symlink_escape",
     );
 }
@@ -153,21 +191,83 @@ fn special_and_unknown_types() {
 
 #[test]
 fn duplicates_and_clashes() {
-    refused(vec![root(), Raw::file("volumes/0/f", "a"), Raw::file("volumes/0/f", "b")], "duplicate_entry");
-    refused(vec![root(), Raw::dir("volumes/0/d/"), Raw::dir("volumes/0/d/")], "duplicate_entry");
-    refused(vec![root(), Raw::dir("volumes/0/d/"), Raw::file("volumes/0/d", "x")], "duplicate_entry");
-    refused(vec![root(), Raw::file("volumes/0/f", "x"), Raw::dir("volumes/0/f/")], "duplicate_entry");
-    refused(vec![root(), Raw::file("volumes/0/f", "x"), Raw::file("volumes/0/f/g", "y")], "duplicate_entry");
-    refused(vec![root(), Raw::symlink("volumes/0/l", "x"), Raw::file("volumes/0/l", "y")], "duplicate_entry");
+    refused(
+        vec![
+            root(),
+            Raw::file("volumes/0/f", "a"),
+            Raw::file("volumes/0/f", "b"),
+        ],
+        "duplicate_entry",
+    );
+    refused(
+        vec![root(), Raw::dir("volumes/0/d/"), Raw::dir("volumes/0/d/")],
+        "duplicate_entry",
+    );
+    refused(
+        vec![
+            root(),
+            Raw::dir("volumes/0/d/"),
+            Raw::file("volumes/0/d", "x"),
+        ],
+        "duplicate_entry",
+    );
+    refused(
+        vec![
+            root(),
+            Raw::file("volumes/0/f", "x"),
+            Raw::dir("volumes/0/f/"),
+        ],
+        "duplicate_entry",
+    );
+    refused(
+        vec![
+            root(),
+            Raw::file("volumes/0/f", "x"),
+            Raw::file("volumes/0/f/g", "y"),
+        ],
+        "duplicate_entry",
+    );
+    refused(
+        vec![
+            root(),
+            Raw::symlink("volumes/0/l", "x"),
+            Raw::file("volumes/0/l", "y"),
+        ],
+        "duplicate_entry",
+    );
     refused(vec![root(), root()], "duplicate_entry");
-    refused(vec![root(), Raw::file("manifest.json", "{}")], "duplicate_entry");
+    refused(
+        vec![root(), Raw::file("manifest.json", "{}")],
+        "duplicate_entry",
+    );
 }
 
 #[test]
 fn names_differing_only_by_case() {
-    refused(vec![root(), Raw::file("volumes/0/Readme", "a"), Raw::file("volumes/0/README", "b")], "case_collision");
-    refused(vec![root(), Raw::dir("volumes/0/Dir/"), Raw::file("volumes/0/dir", "b")], "case_collision");
-    refused(vec![root(), Raw::file("volumes/0/\u{c9}t\u{e9}", "a"), Raw::file("volumes/0/\u{e9}t\u{e9}", "b")], "case_collision");
+    refused(
+        vec![
+            root(),
+            Raw::file("volumes/0/Readme", "a"),
+            Raw::file("volumes/0/README", "b"),
+        ],
+        "case_collision",
+    );
+    refused(
+        vec![
+            root(),
+            Raw::dir("volumes/0/Dir/"),
+            Raw::file("volumes/0/dir", "b"),
+        ],
+        "case_collision",
+    );
+    refused(
+        vec![
+            root(),
+            Raw::file("volumes/0/\u{c9}t\u{e9}", "a"),
+            Raw::file("volumes/0/\u{e9}t\u{e9}", "b"),
+        ],
+        "case_collision",
+    );
 }
 
 #[test]
@@ -215,9 +315,19 @@ fn gzip_bomb_with_small_limits() {
 #[test]
 fn declared_totals_over_the_caps() {
     let m = r#"{"format":"volsnap/1","workload_id":"w","created_at":"2025-01-02T03:04:05Z","volumes":[{"index":0,"target":"/d","scope":"stage","source":"s","files":1,"bytes":70000000000}]}"#;
-    Arena::new().assert_refused(&gz(&tar_with(1, Some(m), &[root()])), 1, &opts(), "total_bytes_cap");
+    Arena::new().assert_refused(
+        &gz(&tar_with(1, Some(m), &[root()])),
+        1,
+        &opts(),
+        "total_bytes_cap",
+    );
     let m = r#"{"format":"volsnap/1","workload_id":"w","created_at":"2025-01-02T03:04:05Z","volumes":[{"index":0,"target":"/d","scope":"stage","source":"s","files":2000000,"bytes":1}]}"#;
-    Arena::new().assert_refused(&gz(&tar_with(1, Some(m), &[root()])), 1, &opts(), "entry_count_cap");
+    Arena::new().assert_refused(
+        &gz(&tar_with(1, Some(m), &[root()])),
+        1,
+        &opts(),
+        "entry_count_cap",
+    );
 }
 
 #[test]
@@ -239,26 +349,73 @@ fn size_header_larger_than_the_cap() {
         },
         ..opts()
     };
-    Arena::new().assert_refused(&archive(&[root(), Raw::file("volumes/0/f", vec![1u8; 1001])]), 1, &o, "entry_size_cap");
+    Arena::new().assert_refused(
+        &archive(&[root(), Raw::file("volumes/0/f", vec![1u8; 1001])]),
+        1,
+        &o,
+        "entry_size_cap",
+    );
 }
 
 #[test]
 fn other_caps() {
-    let small = |l: Limits| ExtractOptions { limits: l, ..opts() };
-    let entries = vec![root(), Raw::dir("volumes/0/a/"), Raw::dir("volumes/0/a/b/"), Raw::dir("volumes/0/a/b/c/")];
-    Arena::new().assert_refused(&archive(&entries), 1, &small(Limits { max_depth: 2, ..Limits::default() }), "depth_cap");
-    Arena::new().assert_refused(&archive(&entries), 1, &small(Limits { max_entries: 3, ..Limits::default() }), "entry_count_cap");
-    Arena::new().assert_refused(&archive(&entries), 1, &small(Limits { max_path_len: 14, ..Limits::default() }), "path_length_cap");
+    let small = |l: Limits| ExtractOptions {
+        limits: l,
+        ..opts()
+    };
+    let entries = vec![
+        root(),
+        Raw::dir("volumes/0/a/"),
+        Raw::dir("volumes/0/a/b/"),
+        Raw::dir("volumes/0/a/b/c/"),
+    ];
+    Arena::new().assert_refused(
+        &archive(&entries),
+        1,
+        &small(Limits {
+            max_depth: 2,
+            ..Limits::default()
+        }),
+        "depth_cap",
+    );
+    Arena::new().assert_refused(
+        &archive(&entries),
+        1,
+        &small(Limits {
+            max_entries: 3,
+            ..Limits::default()
+        }),
+        "entry_count_cap",
+    );
+    Arena::new().assert_refused(
+        &archive(&entries),
+        1,
+        &small(Limits {
+            max_path_len: 14,
+            ..Limits::default()
+        }),
+        "path_length_cap",
+    );
     let mut long = Raw::file("volumes/0/short", "x");
-    long.pax = vec![("path".into(), format!("volumes/0/{}", "n".repeat(256)).into_bytes())];
+    long.pax = vec![(
+        "path".into(),
+        format!("volumes/0/{}", "n".repeat(256)).into_bytes(),
+    )];
     refused(vec![root(), long], "path_length_cap");
     let mut long = Raw::file("volumes/0/short", "x");
     long.gnu_long_name = Some(format!("volumes/0/{}", "n/".repeat(2100)).into_bytes());
     refused(vec![root(), long], "path_length_cap");
     Arena::new().assert_refused(
-        &archive(&[root(), Raw::file("volumes/0/a", "1234"), Raw::file("volumes/0/b", "1234")]),
+        &archive(&[
+            root(),
+            Raw::file("volumes/0/a", "1234"),
+            Raw::file("volumes/0/b", "1234"),
+        ]),
         1,
-        &small(Limits { max_total_bytes: 6, ..Limits::default() }),
+        &small(Limits {
+            max_total_bytes: 6,
+            ..Limits::default()
+        }),
         "total_bytes_cap",
     );
 }
@@ -313,8 +470,14 @@ fn second_gzip_member() {
 
 #[test]
 fn entries_outside_volumes() {
-    refused(vec![root(), Raw::file("etc/passwd", "x")], "outside_volumes");
-    refused(vec![root(), Raw::file("volumes/x/a", "x")], "outside_volumes");
+    refused(
+        vec![root(), Raw::file("etc/passwd", "x")],
+        "outside_volumes",
+    );
+    refused(
+        vec![root(), Raw::file("volumes/x/a", "x")],
+        "outside_volumes",
+    );
     refused(vec![root(), Raw::dir("volumes/01/")], "outside_volumes");
     refused(vec![Raw::dir("volumes/")], "outside_volumes");
     refused(vec![Raw::file("volumes/0", "x")], "outside_volumes");
@@ -322,8 +485,18 @@ fn entries_outside_volumes() {
 
 #[test]
 fn index_beyond_the_manifest() {
-    refused(vec![root(), Raw::dir("volumes/1/"), Raw::file("volumes/1/f", "x")], "index_out_of_bounds");
-    refused(vec![root(), Raw::dir("volumes/4294967295/")], "index_out_of_bounds");
+    refused(
+        vec![
+            root(),
+            Raw::dir("volumes/1/"),
+            Raw::file("volumes/1/f", "x"),
+        ],
+        "index_out_of_bounds",
+    );
+    refused(
+        vec![root(), Raw::dir("volumes/4294967295/")],
+        "index_out_of_bounds",
+    );
 }
 
 #[test]
@@ -340,10 +513,25 @@ fn manifest_missing_oversized_or_malformed() {
     refused_raw(&gz(&[0u8; 1024]), "manifest_missing");
     // Oversized: the header alone is enough.
     let big = format!("{}{}", manifest_for(1, &[]), " ".repeat(1 << 20));
-    refused_raw(&gz(&tar_with(1, Some(&big), &[root()])), "manifest_too_large");
+    refused_raw(
+        &gz(&tar_with(1, Some(&big), &[root()])),
+        "manifest_too_large",
+    );
     // Malformed.
-    refused_raw(&gz(&tar_with(1, Some("{not json"), &[root()])), "manifest_invalid");
-    refused_raw(&gz(&tar_with(1, Some(r#"{"format":"volsnap/9","workload_id":"w","created_at":"2025-01-02T03:04:05Z","volumes":[]}"#), &[])), "manifest_invalid");
+    refused_raw(
+        &gz(&tar_with(1, Some("{not json"), &[root()])),
+        "manifest_invalid",
+    );
+    refused_raw(
+        &gz(&tar_with(
+            1,
+            Some(
+                r#"{"format":"volsnap/9","workload_id":"w","created_at":"2025-01-02T03:04:05Z","volumes":[]}"#,
+            ),
+            &[],
+        )),
+        "manifest_invalid",
+    );
 }
 
 #[test]
@@ -366,28 +554,70 @@ fn setuid_bits_are_dropped_not_refused() {
 
 #[test]
 fn reserved_marker_name() {
-    refused(vec![root(), Raw::file("volumes/0/.volsnap-marker", "x")], "reserved_name");
-    refused(vec![root(), Raw::dir("volumes/0/.VOLSNAP-MARKER/")], "reserved_name");
+    refused(
+        vec![root(), Raw::file("volumes/0/.volsnap-marker", "x")],
+        "reserved_name",
+    );
+    refused(
+        vec![root(), Raw::dir("volumes/0/.VOLSNAP-MARKER/")],
+        "reserved_name",
+    );
     // Deeper down it is an ordinary name.
     let a = Arena::new();
-    a.extract_ok(&archive(&[root(), Raw::dir("volumes/0/d/"), Raw::file("volumes/0/d/.volsnap-marker", "x")]), 1, &opts());
+    a.extract_ok(
+        &archive(&[
+            root(),
+            Raw::dir("volumes/0/d/"),
+            Raw::file("volumes/0/d/.volsnap-marker", "x"),
+        ]),
+        1,
+        &opts(),
+    );
 }
 
 #[test]
 fn entries_before_their_parent() {
     refused(vec![Raw::file("volumes/0/f", "x")], "missing_parent");
-    refused(vec![root(), Raw::file("volumes/0/a/b", "x")], "missing_parent");
+    refused(
+        vec![root(), Raw::file("volumes/0/a/b", "x")],
+        "missing_parent",
+    );
 }
 
 #[test]
 fn content_must_match_the_manifest() {
-    let m = manifest_for(1, &[Raw::file("volumes/0/a", "12"), Raw::file("volumes/0/b", "34")]);
-    refused_raw(&gz(&tar_with(1, Some(&m), &[root(), Raw::file("volumes/0/a", "12")])), "manifest_mismatch");
+    let m = manifest_for(
+        1,
+        &[
+            Raw::file("volumes/0/a", "12"),
+            Raw::file("volumes/0/b", "34"),
+        ],
+    );
+    refused_raw(
+        &gz(&tar_with(
+            1,
+            Some(&m),
+            &[root(), Raw::file("volumes/0/a", "12")],
+        )),
+        "manifest_mismatch",
+    );
     let m = manifest_for(1, &[Raw::file("volumes/0/a", "1")]);
-    refused_raw(&gz(&tar_with(1, Some(&m), &[root(), Raw::file("volumes/0/a", "12")])), "manifest_mismatch");
+    refused_raw(
+        &gz(&tar_with(
+            1,
+            Some(&m),
+            &[root(), Raw::file("volumes/0/a", "12")],
+        )),
+        "manifest_mismatch",
+    );
     // A declared volume without its root entry.
     let m = manifest_for(2, &[]);
-    Arena::new().assert_refused(&gz(&tar_with(2, Some(&m), &[root()])), 2, &opts(), "manifest_mismatch");
+    Arena::new().assert_refused(
+        &gz(&tar_with(2, Some(&m), &[root()])),
+        2,
+        &opts(),
+        "manifest_mismatch",
+    );
 }
 
 #[test]
@@ -403,7 +633,10 @@ fn malformed_tar() {
     refused_raw(&gz(&t), "corrupt_tar");
     // Entry data cut short.
     let t = tar_entries(&[
-        Raw::file("manifest.json", manifest_for(1, &[Raw::file("volumes/0/f", vec![1u8; 4096])])),
+        Raw::file(
+            "manifest.json",
+            manifest_for(1, &[Raw::file("volumes/0/f", vec![1u8; 4096])]),
+        ),
         root(),
         Raw::file("volumes/0/f", vec![1u8; 4096]),
     ]);
@@ -460,7 +693,12 @@ fn a_late_error_removes_every_volume() {
         Raw::symlink("volumes/1/l", "../../../sentinel"),
     ];
     let a = Arena::new();
-    a.assert_refused(&gz(&tar_with(2, None, &entries)), 2, &opts(), "symlink_escape");
+    a.assert_refused(
+        &gz(&tar_with(2, None, &entries)),
+        2,
+        &opts(),
+        "symlink_escape",
+    );
 }
 
 #[test]

@@ -19,10 +19,8 @@ use volsnap_archive::{ArchiveError, ExtractOptions, ExtractSummary};
 pub fn snapshot(root: &Path, with_mtime_of_root: bool) -> BTreeMap<Vec<u8>, String> {
     let mut out = BTreeMap::new();
     walk(root, root, &mut out);
-    if !with_mtime_of_root {
-        if let Some(v) = out.get_mut(&b".".to_vec()) {
-            *v = v.split(" mtime=").next().unwrap().to_string();
-        }
+    if !with_mtime_of_root && let Some(v) = out.get_mut(b".".as_slice()) {
+        *v = v.split(" mtime=").next().unwrap().to_string();
     }
     out
 }
@@ -150,7 +148,7 @@ impl Arena {
     /// staging directory changes it, which is the one change allowed).
     pub fn state(&self) -> BTreeMap<Vec<u8>, String> {
         let mut s = snapshot(self.root(), false);
-        if let Some(v) = s.get_mut(&b"parent".to_vec()) {
+        if let Some(v) = s.get_mut(b"parent".as_slice()) {
             *v = v.split(" mtime=").next().unwrap().to_string();
         }
         s
@@ -158,7 +156,13 @@ impl Arena {
 
     /// Extracts `gz` into staging for `volumes` volumes and asserts the refusal: the
     /// rule, no staging directory left, the rest of the arena untouched.
-    pub fn assert_refused(&self, gz: &[u8], volumes: u32, opts: &ExtractOptions, rule: &str) -> ArchiveError {
+    pub fn assert_refused(
+        &self,
+        gz: &[u8],
+        volumes: u32,
+        opts: &ExtractOptions,
+        rule: &str,
+    ) -> ArchiveError {
         let before = self.state();
         let err = volsnap_archive::extract(gz, &self.map(volumes), opts, &mut |_, _| {})
             .expect_err("hostile archive must be refused");
@@ -290,7 +294,13 @@ pub fn tar_entries(entries: &[Raw]) -> Vec<u8> {
             for (k, v) in &e.pax {
                 data.extend(pax_record(k, v));
             }
-            out.extend_from_slice(&header(b"././@PaxHeader", b'x', 0o644, data.len() as u64, b""));
+            out.extend_from_slice(&header(
+                b"././@PaxHeader",
+                b'x',
+                0o644,
+                data.len() as u64,
+                b"",
+            ));
             append(&mut out, &data);
         }
         if let Some(long) = &e.gnu_long_name {
@@ -336,7 +346,9 @@ pub fn manifest_for(volumes: u32, entries: &[Raw]) -> String {
 
 /// A complete tar: manifest (computed unless given), entries, end marker.
 pub fn tar_with(volumes: u32, manifest: Option<&str>, entries: &[Raw]) -> Vec<u8> {
-    let m = manifest.map(str::to_string).unwrap_or_else(|| manifest_for(volumes, entries));
+    let m = manifest
+        .map(str::to_string)
+        .unwrap_or_else(|| manifest_for(volumes, entries));
     let mut all = vec![Raw::file("manifest.json", m.as_bytes())];
     all.extend(entries.iter().map(|e| Raw {
         name: e.name.clone(),
