@@ -23,7 +23,11 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 fn points() -> Vec<String> {
     let out = Command::new(BIN).arg("failpoints").output().unwrap();
     assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 fn index_of(point: &str) -> usize {
@@ -35,7 +39,11 @@ fn index_of(point: &str) -> usize {
 
 fn assert_aborted(w: &mut Worker, point: &str) {
     let st = w.wait_exit(TIMEOUT);
-    assert_eq!(st.signal(), Some(6), "the worker should have aborted at {point}, got {st:?}");
+    assert_eq!(
+        st.signal(),
+        Some(6),
+        "the worker should have aborted at {point}, got {st:?}"
+    );
 }
 
 /// What a restore scenario starts from.
@@ -47,7 +55,13 @@ struct Restore {
     containers: Vec<String>,
 }
 
-async fn restore_setup(opts: PgConnectOptions) -> (Restore, volsnap_shared::ids::WorkloadId, volsnap_shared::ids::SnapshotId) {
+async fn restore_setup(
+    opts: PgConnectOptions,
+) -> (
+    Restore,
+    volsnap_shared::ids::WorkloadId,
+    volsnap_shared::ids::SnapshotId,
+) {
     let pool = PgPool::connect_with(opts.clone()).await.unwrap();
     let env = Env::new(pool, opts, BIN).await;
     let vols = vec![
@@ -67,7 +81,17 @@ async fn restore_setup(opts: PgConnectOptions) -> (Restore, volsnap_shared::ids:
     let old: Vec<String> = vols.iter().map(|v| tree_hash(&env.host_path(v))).collect();
     let sid = env.make_snapshot(w, &sources).await;
     let containers = vec![env.run_container(w, &vols), env.run_container(w, &vols)];
-    (Restore { env, vols, old, new, containers }, w, sid)
+    (
+        Restore {
+            env,
+            vols,
+            old,
+            new,
+            containers,
+        },
+        w,
+        sid,
+    )
 }
 
 async fn restore_crash(opts: PgConnectOptions, first: &str, second: Option<&str>) {
@@ -85,11 +109,19 @@ async fn restore_crash(opts: PgConnectOptions, first: &str, second: Option<&str>
         let sides = env.side_dirs(&s.vols);
         for (i, v) in s.vols.iter().enumerate() {
             let parent = env.host_path(v).parent().unwrap().to_path_buf();
-            let kept = sides.iter().filter(|d| d.parent() == Some(parent.as_path())).any(|d| {
-                std::fs::read_to_string(d.join(".volsnap-marker")).is_ok_and(|m| m.contains("\"old\""))
-                    && tree_hash_except(d, Some(".volsnap-marker")) == s.old[i]
-            });
-            assert!(kept, "after {first}: the old data of {} must still be on disk ({sides:?})", v.target);
+            let kept = sides
+                .iter()
+                .filter(|d| d.parent() == Some(parent.as_path()))
+                .any(|d| {
+                    std::fs::read_to_string(d.join(".volsnap-marker"))
+                        .is_ok_and(|m| m.contains("\"old\""))
+                        && tree_hash_except(d, Some(".volsnap-marker")) == s.old[i]
+                });
+            assert!(
+                kept,
+                "after {first}: the old data of {} must still be on disk ({sides:?})",
+                v.target
+            );
         }
     }
 
@@ -100,14 +132,26 @@ async fn restore_crash(opts: PgConnectOptions, first: &str, second: Option<&str>
 
     let w3 = env.worker(None);
     let j = env.wait_final(job, TIMEOUT).await;
-    let hashes: Vec<String> = s.vols.iter().map(|v| tree_hash(&env.host_path(v))).collect();
+    let hashes: Vec<String> = s
+        .vols
+        .iter()
+        .map(|v| tree_hash(&env.host_path(v)))
+        .collect();
     let all_old = hashes == s.old;
     let all_new = hashes == s.new;
-    assert!(all_old || all_new, "after {first}/{second:?}: volumes are neither all old nor all new");
+    assert!(
+        all_old || all_new,
+        "after {first}/{second:?}: volumes are neither all old nor all new"
+    );
     if committed {
-        assert!(all_new, "crashed at/after the commit point ({first}): must roll forward");
+        assert!(
+            all_new,
+            "crashed at/after the commit point ({first}): must roll forward"
+        );
         assert_eq!(j.state, JobState::Succeeded, "{j:?}");
-        let pre = j.pre_restore_snapshot_id.expect("pre-restore snapshot linked");
+        let pre = j
+            .pre_restore_snapshot_id
+            .expect("pre-restore snapshot linked");
         let state: String = sqlx::query_scalar("SELECT state FROM snapshots WHERE id = $1")
             .bind(pre)
             .fetch_one(&env.pool)
@@ -115,15 +159,33 @@ async fn restore_crash(opts: PgConnectOptions, first: &str, second: Option<&str>
             .unwrap();
         assert_eq!(state, "ready");
     } else {
-        assert!(all_old, "crashed before the commit point ({first}): must roll back");
+        assert!(
+            all_old,
+            "crashed before the commit point ({first}): must roll back"
+        );
         assert_eq!(j.state, JobState::Failed, "{j:?}");
         assert_eq!(j.error_code.as_deref(), Some("interrupted"), "{j:?}");
     }
-    assert!(env.side_dirs(&s.vols).is_empty(), "leftovers: {:?}", env.side_dirs(&s.vols));
-    assert!(env.journals().is_empty(), "journals left: {:?}", env.journals());
-    assert!(env.partial_archives().is_empty(), "{:?}", env.partial_archives());
+    assert!(
+        env.side_dirs(&s.vols).is_empty(),
+        "leftovers: {:?}",
+        env.side_dirs(&s.vols)
+    );
+    assert!(
+        env.journals().is_empty(),
+        "journals left: {:?}",
+        env.journals()
+    );
+    assert!(
+        env.partial_archives().is_empty(),
+        "{:?}",
+        env.partial_archives()
+    );
     for c in &s.containers {
-        assert!(container_running(c), "container {c} must be running after {first}");
+        assert!(
+            container_running(c),
+            "container {c} must be running after {first}"
+        );
     }
     w3.stop();
 }
@@ -157,7 +219,10 @@ async fn capture_crash(opts: PgConnectOptions, first: &str, second: Option<&str>
             assert_eq!(j.state, JobState::Succeeded, "{j:?}");
             assert_eq!(rel.as_deref(), Some(format!("{w}/{sid}.tar.gz").as_str()));
             let bytes = std::fs::read(&file).unwrap();
-            assert_eq!(Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))), sha);
+            assert_eq!(
+                Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))),
+                sha
+            );
         }
         "failed" => {
             assert_eq!(j.state, JobState::Failed, "{j:?}");
@@ -165,10 +230,21 @@ async fn capture_crash(opts: PgConnectOptions, first: &str, second: Option<&str>
         }
         other => panic!("snapshot left {other} after {first}"),
     }
-    assert_eq!(tree_hash(&env.host_path(&vols[0])), before, "capture never changes data");
+    assert_eq!(
+        tree_hash(&env.host_path(&vols[0])),
+        before,
+        "capture never changes data"
+    );
     assert!(env.journals().is_empty());
-    assert!(env.partial_archives().is_empty(), "{:?}", env.partial_archives());
-    assert!(container_running(&c), "the container must run again after {first}");
+    assert!(
+        env.partial_archives().is_empty(),
+        "{:?}",
+        env.partial_archives()
+    );
+    assert!(
+        container_running(&c),
+        "the container must run again after {first}"
+    );
     w3.stop();
 }
 
@@ -233,12 +309,20 @@ crash_tests! {
 #[test]
 fn every_listed_point_has_a_crash_test() {
     let listed = points();
-    assert_eq!(listed, TESTED, "crash tests must cover `failpoints` exactly, in order");
+    assert_eq!(
+        listed, TESTED,
+        "crash tests must cover `failpoints` exactly, in order"
+    );
 }
 
 /// Recovery that rolls forward is itself killed (at a roll-forward step), and a third
 /// worker still finishes the job with the new data.
 #[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
 async fn crash_during_roll_forward_recovery(_: PgPoolOptions, opts: PgConnectOptions) {
-    restore_crash(opts, "restore.journal.committed", Some("restore.archive.written")).await;
+    restore_crash(
+        opts,
+        "restore.journal.committed",
+        Some("restore.archive.written"),
+    )
+    .await;
 }
