@@ -134,7 +134,7 @@ async fn get_job(
 ) -> Result<axum::Json<Job>, Error> {
     let job = match wait_duration(q.wait)? {
         None => queue::get_job(&state.pool, id).await?,
-        Some(wait) => state.events.wait_for_final(id, wait).await?,
+        Some(wait) => state.wait_for_final(id, wait).await?,
     };
     job.map(axum::Json).ok_or_else(not_found)
 }

@@ -27,10 +27,13 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::{from_fn, from_fn_with_state};
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
-use volsnap_shared::queue::JobEvents;
+use volsnap_shared::domain::Job;
+use volsnap_shared::ids::JobId;
+use volsnap_shared::queue::{self, JobEvents};
 
 pub use error::Error;
 
@@ -60,6 +63,9 @@ pub struct AppState {
     pub events: JobEvents,
     pub tokens: Arc<auth::TokenCache>,
     pub limits: Limits,
+    /// Cancelled when the server begins shutting down: held `?wait=` requests answer
+    /// with the job as it is then, instead of holding the shutdown up.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -75,7 +81,21 @@ impl AppState {
             pool,
             events,
             limits,
+            shutdown: CancellationToken::new(),
         })
+    }
+
+    /// The job once final, or as it is when `timeout` passes or the server shuts down;
+    /// `None` for an unknown job. Sleeps on notifications, never polls.
+    pub async fn wait_for_final(
+        &self,
+        id: JobId,
+        timeout: Duration,
+    ) -> Result<Option<Job>, sqlx::Error> {
+        tokio::select! {
+            r = self.events.wait_for_final(id, timeout) => r,
+            _ = self.shutdown.cancelled() => queue::get_job(&self.pool, id).await,
+        }
     }
 }
 
@@ -122,6 +142,7 @@ pub struct ServeConfig {
 pub struct Server {
     listener: tokio::net::TcpListener,
     router: Router,
+    shutdown: CancellationToken,
 }
 
 impl Server {
@@ -131,13 +152,18 @@ impl Server {
             .expect("bound listener has an address")
     }
 
-    /// Serve until `shutdown` completes, then finish in-flight requests.
+    /// Serve until `shutdown` completes, then finish in-flight requests (held
+    /// `?wait=` requests are answered at once with their job's current state).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let token = self.shutdown;
         axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                token.cancel();
+            })
             .await
     }
 }
@@ -170,6 +196,7 @@ pub async fn build(pool: PgPool, cfg: &ServeConfig) -> anyhow::Result<Server> {
         .with_context(|| format!("binding {}", cfg.addr))?;
     Ok(Server {
         listener,
+        shutdown: state.shutdown.clone(),
         router: app(state),
     })
 }

@@ -254,7 +254,6 @@ async fn restore(
     };
     let id = job.id;
     let job = state
-        .events
         .wait_for_final(id, wait)
         .await
         .map_err(|e| Error::internal(e).with_job_id(id))?

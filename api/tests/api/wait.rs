@@ -199,3 +199,52 @@ async fn wait_out_of_range_is_400(pool: PgPool) {
         .unwrap();
     assert_eq!(n, 0, "a rejected wait enqueues nothing");
 }
+
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn shutdown_answers_held_waits_at_once(pool: PgPool) {
+    let admin = token(&pool, "admin", volsnap_shared::domain::Role::Admin).await;
+    let w = workload_row(&pool, "node-a", SourceKind::Image).await;
+    let s = ready_snapshot(&pool, &w).await;
+    let server = volsnap_api::build(
+        pool.clone(),
+        &volsnap_api::ServeConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            limits: Default::default(),
+            token_cache_ttl: Duration::from_secs(2),
+        },
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(server.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let held = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!(
+                "http://{addr}/api/workloads/{}/snapshots/{s}/restore?wait=300",
+                w.id
+            ))
+            .bearer_auth(admin)
+            .header("x-confirm-restore", s.to_string())
+            .send()
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = Instant::now();
+    stop_tx.send(()).unwrap();
+    let r = held.await.unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        202,
+        "still queued: answered 202 at shutdown"
+    );
+    served.await.unwrap().unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopping.elapsed()
+    );
+}
