@@ -23,7 +23,7 @@ struct Cli {
     #[arg(
         long,
         env = "VOLSNAP_DB_MAX_CONNECTIONS",
-        default_value_t = 16,
+        default_value_t = 8,
         global = true
     )]
     db_max_connections: u32,
