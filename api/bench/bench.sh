@@ -13,7 +13,8 @@ command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; e
 
 cd "$root"
 cargo build --quiet --release -p volsnap-api --bins --examples
-bin="$root/target/release/volsnap-api"
+target="${CARGO_TARGET_DIR:-$root/target}"
+bin="$target/release/volsnap-api"
 
 db="volsnap_bench_$$"
 base="${DATABASE_URL%/*}"
@@ -49,4 +50,4 @@ echo "== GET /api/jobs/{id}: wrk -t2 -c$conns -d${duration}s"
 wrk -t2 -c"$conns" -d"${duration}s" --latency -H "Authorization: Bearer $token" "$url/api/jobs/$job"
 
 echo "== ?wait= wake-up latency"
-"$root/target/release/examples/wait_latency" "$url" "$token" 300
+"$target/release/examples/wait_latency" "$url" "$token" 300

@@ -19,7 +19,7 @@ command -v schemathesis >/dev/null 2>&1 || python3 -m pip install --quiet 'schem
 
 cd "$root"
 cargo build --quiet -p volsnap-api
-bin="$root/target/debug/volsnap-api"
+bin="${CARGO_TARGET_DIR:-$root/target}/debug/volsnap-api"
 
 db="volsnap_schemathesis_$$"
 base="${DATABASE_URL%/*}"
