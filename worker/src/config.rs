@@ -110,6 +110,12 @@ pub struct RunArgs {
     /// How long a redeploy waits for containers to be running (and healthy), seconds.
     #[arg(long, env = "VOLSNAP_REDEPLOY_TIMEOUT_SECS", default_value_t = 120.0)]
     pub redeploy_timeout_secs: f64,
+    /// gzip level (0-9) of captured snapshots.
+    #[arg(long, env = "VOLSNAP_CAPTURE_GZIP_LEVEL", default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=9))]
+    pub capture_gzip_level: u32,
+    /// gzip level (0-9) of the pre-restore copy a restore archives.
+    #[arg(long, env = "VOLSNAP_PRE_RESTORE_GZIP_LEVEL", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
+    pub pre_restore_gzip_level: u32,
     /// How often files of deleted snapshots are removed, seconds (0: never).
     #[arg(long, env = "VOLSNAP_DELETION_SWEEP_SECS", default_value_t = 30.0)]
     pub deletion_sweep_secs: f64,
@@ -126,6 +132,8 @@ impl RunArgs {
         );
         cfg.stop_timeout = Duration::from_secs(self.docker_stop_timeout_secs);
         cfg.start_timeout = Duration::from_secs_f64(self.redeploy_timeout_secs.max(0.1));
+        cfg.capture_gzip_level = self.capture_gzip_level;
+        cfg.pre_restore_gzip_level = self.pre_restore_gzip_level;
         cfg.deletion_sweep = (self.deletion_sweep_secs > 0.0)
             .then(|| Duration::from_secs_f64(self.deletion_sweep_secs.max(0.05)));
         cfg

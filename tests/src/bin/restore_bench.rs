@@ -1,1 +1,375 @@
-fn main() {}
+//! Restore benchmark (not a test). Needs DATABASE_URL and the local Docker engine.
+//!
+//!     cargo build --release -p volsnap-e2e --bins
+//!     DATABASE_URL=$(scripts/pg.sh) target/release/restore-bench [SIZE_MIB ...]
+//!
+//! For each volume size (default 10 and 1024 MiB) it measures, in one run:
+//! - the engine's downtime (containers stopped → running again, as the engine
+//!   records it in `restore_stats`) for a restore through the real worker;
+//! - the naive order's downtime: stop, extract, swap, start (same archive library,
+//!   same Docker client code), i.e. extraction inside the stopped window;
+//! - Docker's own stop + start of the same container with nothing in between;
+//! - the whole restore (job started → finished, and → containers running again) against
+//!   `tar -xzf` of the same archive (and `tar -xzf` + `sync`).
+//!
+//! Works in a scratch database `volsnap_restore_bench` (dropped and re-created) and a
+//! scratch directory under /var/tmp; the worker is `volsnap-worker-fp` next to this
+//! binary.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions as _, PgPool};
+use volsnap_e2e::engine::{IMAGE, docker, ensure_image, vol};
+use volsnap_shared::domain::{JobKind, SourceKind, VolumeScope, VolumeSpec};
+use volsnap_shared::ids::{SnapshotId, WorkloadId};
+use volsnap_shared::queue::{self, NewJob};
+use volsnap_worker::engine::docker::Docker;
+
+const DB: &str = "volsnap_restore_bench";
+const NODE: &str = "bench-node";
+
+/// Semi-compressible data: `mib` MiB in a few large files plus 1,000 small ones.
+fn generate(dir: &Path, mib: usize, seed: u64) {
+    std::fs::create_dir_all(dir.join("small")).unwrap();
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut fill = |buf: &mut [u8]| {
+        for chunk in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // 6 random bits per byte from a 64-letter alphabet: compresses to ~75 %.
+            for (i, b) in chunk.iter_mut().enumerate() {
+                *b = b'0' + ((x >> (i * 6)) & 63) as u8;
+            }
+        }
+    };
+    let small = 1000usize;
+    let mut buf = vec![0u8; 4096];
+    for i in 0..small {
+        fill(&mut buf);
+        std::fs::write(
+            dir.join(format!("small/f{i:04}.txt")),
+            &buf[..(i % 4 + 1) * 1024],
+        )
+        .unwrap();
+    }
+    let large_total = (mib << 20).saturating_sub(small * 2560);
+    let files = (mib / 128).max(1);
+    let per = large_total / files;
+    let mut big = vec![0u8; 1 << 20];
+    for f in 0..files {
+        use std::io::Write as _;
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(dir.join(format!("large-{f}.bin"))).unwrap(),
+        );
+        let mut left = per;
+        while left > 0 {
+            fill(&mut big);
+            let n = left.min(big.len());
+            out.write_all(&big[..n]).unwrap();
+            left -= n;
+        }
+    }
+}
+
+async fn fresh_db() -> (PgPool, String) {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let admin = PgPool::connect(&base).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {DB} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DB}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&base).unwrap();
+    url.set_path(DB);
+    let opts: PgConnectOptions = url.as_str().parse().unwrap();
+    let pool = PgPool::connect_with(opts.disable_statement_logging())
+        .await
+        .unwrap();
+    volsnap_shared::MIGRATOR.run(&pool).await.unwrap();
+    (pool, url.to_string())
+}
+
+async fn downtime_sum(pool: &PgPool) -> f64 {
+    sqlx::query_scalar::<_, f64>("SELECT downtime_sum FROM restore_stats WHERE id = 1")
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+        .unwrap_or(0.0)
+}
+
+struct Row {
+    mib: usize,
+    archive_mib: f64,
+    engine_down: f64,
+    naive_down: f64,
+    docker_only: f64,
+    to_running: f64,
+    whole: f64,
+    tar: f64,
+    tar_sync: f64,
+}
+
+#[tokio::main]
+async fn main() {
+    let sizes: Vec<usize> = {
+        let a: Vec<usize> = std::env::args()
+            .skip(1)
+            .map(|s| s.parse().expect("size in MiB"))
+            .collect();
+        if a.is_empty() { vec![10, 1024] } else { a }
+    };
+    ensure_image();
+    let worker_bin = std::env::current_exe()
+        .unwrap()
+        .with_file_name("volsnap-worker-fp");
+    assert!(
+        worker_bin.exists(),
+        "build it: cargo build --release -p volsnap-e2e --bins"
+    );
+    let (pool, url) = fresh_db().await;
+    let root = PathBuf::from("/var/tmp/volsnap-restore-bench");
+    let _ = std::fs::remove_dir_all(&root);
+    for d in ["state", "snapshots", "volumes/proj/prod", "work"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let mut worker = Command::new(&worker_bin)
+        .args(["run", "--database-url", &url, "--node", NODE])
+        .arg("--state-dir")
+        .arg(root.join("state"))
+        .arg("--snapshot-dir")
+        .arg(root.join("snapshots"))
+        .arg("--volumes-root")
+        .arg(root.join("volumes"))
+        .args([
+            "--heartbeat-secs",
+            "1",
+            "--poll-secs",
+            "0.5",
+            "--docker-stop-timeout-secs",
+            "10",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dock = Docker::connect(Duration::from_secs(10), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut rows = vec![];
+    let mut timelines = vec![];
+    let mut containers = vec![];
+    for mib in sizes {
+        eprintln!("== {mib} MiB: generating data");
+        let v: VolumeSpec = vol(VolumeScope::Stage, &format!("data-{mib}"), "/data");
+        let target = root.join("volumes/proj/prod").join(&v.source);
+        let src = root.join(format!("work/src-{mib}"));
+        generate(&src, mib, 1);
+        generate(&target, mib, 2);
+        let w = WorkloadId::new();
+        sqlx::query(
+            "INSERT INTO workloads (id, name, project, stage, node, source_kind, image, volumes) \
+             VALUES ($1, $2, 'proj', 'prod', $3, $4, $5, $6)",
+        )
+        .bind(w)
+        .bind(format!("bench-{mib}"))
+        .bind(NODE)
+        .bind(SourceKind::Image)
+        .bind(IMAGE)
+        .bind(sqlx::types::Json(vec![v.clone()]))
+        .execute(&pool)
+        .await
+        .unwrap();
+        let c = docker(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--label",
+            &format!("volsnap.workload={w}"),
+            "-v",
+            &format!("{}:/data", target.display()),
+            IMAGE,
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done",
+        ]);
+        containers.push(c.clone());
+
+        eprintln!("== {mib} MiB: writing the snapshot");
+        let sid = SnapshotId::new();
+        let rel = format!("{w}/{sid}.tar.gz");
+        let archive = root.join("snapshots").join(&rel);
+        std::fs::create_dir_all(archive.parent().unwrap()).unwrap();
+        let s = volsnap_archive::write_archive_file(
+            &archive,
+            &w.to_string(),
+            &[volsnap_archive::VolumeInput {
+                index: 0,
+                target: v.target.clone(),
+                scope: "stage".into(),
+                source: v.source.clone(),
+                path: src.clone(),
+            }],
+            &Default::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO snapshots (id, workload_id, node, kind, state, archive_path, size_bytes, sha256, manifest) \
+             VALUES ($1, $2, $3, 'manual', 'ready', $4, $5, $6, $7)",
+        )
+        .bind(sid)
+        .bind(w)
+        .bind(NODE)
+        .bind(&rel)
+        .bind(s.size as i64)
+        .bind(&s.sha256)
+        .bind(serde_json::to_value(&s.manifest).unwrap())
+        .execute(&pool)
+        .await
+        .unwrap();
+        let _ = Command::new("sync").status();
+
+        eprintln!("== {mib} MiB: restore through the worker");
+        let before = downtime_sum(&pool).await;
+        let mut conn = pool.acquire().await.unwrap();
+        let job = queue::enqueue(
+            &mut conn,
+            &NewJob {
+                kind: JobKind::Restore,
+                workload_id: w,
+                snapshot_id: Some(sid),
+                node: NODE.into(),
+                batch_id: None,
+                requested_by: None,
+            },
+        )
+        .await
+        .unwrap()
+        .id;
+        drop(conn);
+        let t0 = Instant::now();
+        let mut to_running = None;
+        let mut phases: Vec<(String, f64)> = vec![];
+        let whole = loop {
+            let j = queue::get_job(&pool, job).await.unwrap().unwrap();
+            if phases.last().is_none_or(|p| p.0 != j.phase) {
+                phases.push((j.phase.clone(), t0.elapsed().as_secs_f64()));
+            }
+            if to_running.is_none() && (j.phase.starts_with("archiving") || j.state.is_final()) {
+                to_running = Some(t0.elapsed().as_secs_f64());
+            }
+            if j.state.is_final() {
+                assert_eq!(
+                    j.state,
+                    volsnap_shared::domain::JobState::Succeeded,
+                    "{j:?}"
+                );
+                break (j.finished_at.unwrap() - j.started_at.unwrap()).num_milliseconds() as f64
+                    / 1000.0;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let engine_down = downtime_sum(&pool).await - before;
+        let timeline: Vec<String> = phases.iter().map(|(p, t)| format!("{p}@{t:.2}s")).collect();
+        eprintln!("   phases: {}", timeline.join(", "));
+        timelines.push(format!("{mib} MiB: {}", timeline.join(", ")));
+
+        eprintln!("== {mib} MiB: naive order (stop, then extract)");
+        let ids = vec![c.clone()];
+        let staging = target.with_file_name(format!(".naive-{mib}"));
+        let t = Instant::now();
+        dock.stop(&c).await.unwrap();
+        let arch = archive.clone();
+        let st = staging.clone();
+        tokio::task::spawn_blocking(move || {
+            let map: BTreeMap<u32, PathBuf> = [(0, st)].into();
+            volsnap_archive::extract_file(&arch, &map, &Default::default(), &mut |_, _| {})
+                .unwrap();
+        })
+        .await
+        .unwrap();
+        volsnap_worker::engine::fsops::exchange(&staging, &target).unwrap();
+        dock.start_all_and_wait(&ids).await.unwrap();
+        let naive_down = t.elapsed().as_secs_f64();
+        std::fs::remove_dir_all(&staging).unwrap();
+
+        let t = Instant::now();
+        dock.stop(&c).await.unwrap();
+        dock.start_all_and_wait(&ids).await.unwrap();
+        let docker_only = t.elapsed().as_secs_f64();
+
+        eprintln!("== {mib} MiB: tar -xzf");
+        let out = root.join(format!("work/tar-{mib}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let _ = Command::new("sync").status();
+        let t = Instant::now();
+        let st = Command::new("tar")
+            .arg("-xzf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let tar = t.elapsed().as_secs_f64();
+        let _ = Command::new("sync").status();
+        let tar_sync = t.elapsed().as_secs_f64();
+        std::fs::remove_dir_all(&out).unwrap();
+        std::fs::remove_dir_all(&src).unwrap();
+
+        rows.push(Row {
+            mib,
+            archive_mib: s.size as f64 / 1048576.0,
+            engine_down,
+            naive_down,
+            docker_only,
+            to_running: to_running.unwrap_or(whole),
+            whole,
+            tar,
+            tar_sync,
+        });
+    }
+    let _ = worker.kill();
+    let _ = worker.wait();
+    for c in &containers {
+        let _ = Command::new("docker").args(["rm", "-f", c]).output();
+    }
+    let _ = std::fs::remove_dir_all(&root);
+
+    println!("Phase timeline of the worker's restore (first seen by a 20 ms poll):");
+    for t in &timelines {
+        println!("- {t}");
+    }
+    println!();
+    println!(
+        "| volume | archive | downtime (engine) | downtime (naive: stop, then extract) | Docker stop+start alone | restore → running again | whole restore job | tar -xzf | tar -xzf + sync | whole / tar -xzf | running-again / tar -xzf |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} MiB | {:.1} MiB | {:.3} s | {:.3} s | {:.3} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} | {:.2} |",
+            r.mib,
+            r.archive_mib,
+            r.engine_down,
+            r.naive_down,
+            r.docker_only,
+            r.to_running,
+            r.whole,
+            r.tar,
+            r.tar_sync,
+            r.whole / r.tar,
+            r.to_running / r.tar
+        );
+    }
+}

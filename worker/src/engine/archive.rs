@@ -66,6 +66,7 @@ pub fn write(
     workload: WorkloadId,
     volumes: &[SourceVolume],
     limits: &Limits,
+    level: u32,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Written, Failure> {
     let inputs: Vec<va::VolumeInput> = volumes
@@ -80,6 +81,7 @@ pub fn write(
         .collect();
     let opts = va::WriteOptions {
         limits: limits.clone(),
+        level,
         ..Default::default()
     };
     let s = va::write_archive(out, &workload.to_string(), &inputs, &opts, &mut progress)

@@ -29,7 +29,7 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
         )
     })?;
     let res = capture(eng, ctx).await;
-    if let Err(Stop::Failed(_)) = &res {
+    if let Err(Stop::Failed(_) | Stop::Cancelled) = &res {
         store::mark_failed(&eng.pool, sid).await?;
     }
     res
@@ -120,7 +120,8 @@ async fn capture(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
         Some(f) => Err(f),
         None => {
             let (dest, limits, wid) = (dest.clone(), eng.cfg.limits.clone(), workload.id);
-            blocking(move || write_archive_durably(&dest, wid, &sources, &limits)).await
+            let level = eng.cfg.capture_gzip_level;
+            blocking(move || write_archive_durably(&dest, wid, &sources, &limits, level)).await
         }
     };
     crash_point!("capture.written");

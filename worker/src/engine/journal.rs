@@ -88,7 +88,11 @@ impl JournalDir {
     }
 
     pub fn ensure(&self) -> io::Result<()> {
-        std::fs::create_dir_all(&self.0)
+        if !self.0.is_dir() {
+            std::fs::create_dir_all(&self.0)?;
+            fsops::fsync_dir(fsops::parent(&self.0))?;
+        }
+        Ok(())
     }
 
     pub fn path(&self, job: JobId) -> PathBuf {

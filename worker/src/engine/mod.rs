@@ -13,6 +13,7 @@ pub mod docker;
 pub mod error;
 pub mod fsops;
 pub mod journal;
+pub mod nodelock;
 pub mod paths;
 pub mod recovery;
 pub mod restore;
@@ -48,6 +49,11 @@ pub struct EngineConfig {
     pub deletion_sweep: Option<Duration>,
     /// Caps for every archive read or written.
     pub limits: archive::Limits,
+    /// gzip level of manual captures.
+    pub capture_gzip_level: u32,
+    /// gzip level of the pre-restore copy (archived after the app is back; the job and
+    /// the old copy's disk space wait for it, so it favours speed).
+    pub pre_restore_gzip_level: u32,
 }
 
 impl EngineConfig {
@@ -66,6 +72,8 @@ impl EngineConfig {
             start_timeout: Duration::from_secs(120),
             deletion_sweep: Some(Duration::from_secs(30)),
             limits: archive::Limits::default(),
+            capture_gzip_level: 6,
+            pre_restore_gzip_level: 1,
         }
     }
 }
@@ -122,6 +130,34 @@ impl Engine {
         })
     }
 
+    /// Wait (a bounded time) for the node-local workload lock: a predecessor that lost
+    /// its database connection but still runs a step here must finish first.
+    async fn node_lock(&self, ctx: &JobContext) -> Result<nodelock::WorkloadLock, JobOutcome> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let mut warned = false;
+        loop {
+            match nodelock::try_lock(&self.cfg.state_dir, ctx.job.workload_id) {
+                Ok(Some(l)) => return Ok(l),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot take the node-local workload lock");
+                    return Err(JobOutcome::RequeueForRecovery);
+                }
+            }
+            if !warned {
+                tracing::warn!(job_id = %ctx.id(), "another process on this node still works on this workload; waiting");
+                warned = true;
+            }
+            if ctx.lease_lost.is_cancelled() {
+                return Err(JobOutcome::Abandon);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(JobOutcome::RequeueForRecovery);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The absolute path of a snapshot's archive from its stored relative path.
     fn snapshot_file(&self, rel: &str) -> Result<PathBuf, Failure> {
         snapshot_file(&self.cfg.snapshot_dir, rel)
@@ -163,7 +199,12 @@ impl JobHandler for Engine {
     }
 
     async fn run(&self, ctx: JobContext) -> JobOutcome {
-        let has_journal = matches!(self.journals.read(ctx.id()), Ok(Some(_)));
+        let _node_lock = match self.node_lock(&ctx).await {
+            Ok(l) => l,
+            Err(outcome) => return outcome,
+        };
+        // A journal we cannot even read is treated as one to recover (which keeps it).
+        let has_journal = !matches!(self.journals.read(ctx.id()), Ok(None));
         let res = if ctx.job.recovering || has_journal {
             recovery::recover_claimed(self, &ctx).await
         } else {

@@ -151,6 +151,10 @@ async fn recover_at_startup(eng: &Engine, id: JobId) -> anyhow::Result<()> {
     let Some(mut j) = eng.journals.read(id)? else {
         return Ok(());
     };
+    let Some(_node_lock) = super::nodelock::try_lock(&eng.cfg.state_dir, j.workload_id)? else {
+        tracing::info!(job_id = %id, "workload busy in another process on this node; leaving its journal alone");
+        return Ok(());
+    };
     let mut conn = eng.pool.acquire().await?;
     let key = workload_lock_key(j.workload_id);
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")

@@ -727,6 +727,7 @@ async fn archive_old_data(
         })
         .collect();
     let (job, workload, limits) = (j.job_id, j.workload_id, eng.cfg.limits.clone());
+    let level = eng.cfg.pre_restore_gzip_level;
     let written = blocking(move || {
         for v in &sources {
             if fsops::read_marker(&v.path, job)
@@ -743,7 +744,7 @@ async fn archive_old_data(
                 ));
             }
         }
-        write_archive_durably(&dest, workload, &sources, &limits)
+        write_archive_durably(&dest, workload, &sources, &limits, level)
     })
     .await?;
     crash_point!("restore.archive.written");
@@ -758,13 +759,14 @@ pub fn write_archive_durably(
     workload: WorkloadId,
     sources: &[archive::SourceVolume],
     limits: &archive::Limits,
+    level: u32,
 ) -> Result<archive::Written, Failure> {
     let dir = fsops::parent(dest);
     std::fs::create_dir_all(dir).map_err(|e| Failure::io("creating the snapshot directory", e))?;
     let partial = partial_path(dest);
     fsops::remove_file(&partial).map_err(|e| Failure::io("removing a partial archive", e))?;
     let mut out = File::create(&partial).map_err(|e| Failure::io("creating the archive", e))?;
-    let written = archive::write(&mut out, workload, sources, limits, |_, _| {})?;
+    let written = archive::write(&mut out, workload, sources, limits, level, |_, _| {})?;
     out.sync_all()
         .map_err(|e| Failure::io("syncing the archive", e))?;
     drop(out);
