@@ -6,6 +6,7 @@ mod common;
 
 mod auth;
 mod batch;
+mod cli;
 mod concurrency;
 mod jobs;
 mod ops;
