@@ -125,7 +125,7 @@ async fn waited_restore_still_running_at_deadline_is_202(pool: PgPool) {
     assert_eq!(r.body["job"]["state"], "queued");
     assert!(r.headers.contains_key("location"));
     assert!(
-        took >= Duration::from_secs(1) && took < Duration::from_millis(1500),
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
         "{took:?}"
     );
 }
