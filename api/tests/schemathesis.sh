@@ -57,6 +57,7 @@ schemathesis run "$url/api/openapi.json" \
   --max-examples "$examples" \
   --seed "${SCHEMATHESIS_SEED:-20261126}" \
   --request-timeout 30 \
+  --generation-database none \
   --no-color || status=$?
 
 if grep -q "handler panicked" "$work/server.log"; then
