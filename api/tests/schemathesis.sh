@@ -51,14 +51,15 @@ psql -q "$DATABASE_URL" -c "INSERT INTO snapshots (id, workload_id, node, kind, 
   VALUES (gen_random_uuid(), '$wid', 'node-a', 'manual', 'ready', 'seed.tar.gz', 1, repeat('a', 64), '{}')" >/dev/null
 
 status=0
-schemathesis run "$url/api/openapi.json" \
+# Run from the scratch dir: schemathesis keeps state in ./.schemathesis.
+(cd "$work" && schemathesis run "$url/api/openapi.json" \
   --header "Authorization: Bearer $token" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --max-examples "$examples" \
   --seed "${SCHEMATHESIS_SEED:-20261126}" \
   --request-timeout 30 \
   --generation-database none \
-  --no-color || status=$?
+  --no-color) || status=$?
 
 if grep -q "handler panicked" "$work/server.log"; then
   echo "the server panicked:" >&2; grep -A3 "handler panicked" "$work/server.log" >&2; status=1
