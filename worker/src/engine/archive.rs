@@ -100,19 +100,20 @@ pub fn read_manifest(path: &Path) -> Result<Manifest, Failure> {
 }
 
 /// Extract every volume of the archive read from `reader` into its staging directory
-/// (`index → dir`; each must not exist, its parent must).
+/// (`index → dir`; each must not exist, its parent must). Returns the archive's own
+/// manifest.
 pub fn extract(
     reader: impl Read + Send,
     staging: &BTreeMap<u32, PathBuf>,
     limits: &Limits,
     mut progress: impl FnMut(u64, u64),
-) -> Result<(), Failure> {
+) -> Result<Manifest, Failure> {
     let opts = va::ExtractOptions {
         limits: limits.clone(),
         ..Default::default()
     };
     va::extract(reader, staging, &opts, &mut progress)
-        .map(|_| ())
+        .map(|s| s.manifest)
         .map_err(failure_of)
 }
 

@@ -427,6 +427,12 @@ pub async fn extract(eng: &Engine, ctx: &JobContext, plan: &Plan, file: File) ->
     let volumes = plan.volumes.clone();
     let limits = eng.cfg.limits.clone();
     let expected = plan.expected_sha256.clone();
+    let planned: Vec<(u32, String)> = plan
+        .manifest
+        .volumes
+        .iter()
+        .map(|v| (v.index, v.target.clone()))
+        .collect();
     let job = ctx.id();
     let mut task = tokio::task::spawn_blocking({
         let (read, stop) = (read.clone(), stop.clone());
@@ -438,15 +444,30 @@ pub async fn extract(eng: &Engine, ctx: &JobContext, plan: &Plan, file: File) ->
                 stop,
                 half: total / 2,
             };
-            archive::extract(&mut r, &staging, &limits, |_, _| {})?;
+            let own = archive::extract(&mut r, &staging, &limits, |_, _| {})?;
             io::copy(&mut r, &mut io::sink()).map_err(|e| Failure::io("reading the archive", e))?;
-            if hex::encode(r.hasher.finalize_reset()) != expected {
+            let refuse = |f: Failure| {
                 for dir in staging.values() {
                     let _ = fsops::remove_tree(dir);
                 }
-                return Err(Failure::new(
+                Err(f)
+            };
+            if hex::encode(r.hasher.finalize_reset()) != expected {
+                return refuse(Failure::new(
                     failure::CHECKSUM_MISMATCH,
                     "the archive changed on disk while it was being restored",
+                ));
+            }
+            // The plan came from the stored manifest; the archive must say the same.
+            let actual: Vec<(u32, String)> = own
+                .volumes
+                .iter()
+                .map(|v| (v.index, v.target.clone()))
+                .collect();
+            if actual != planned {
+                return refuse(Failure::new(
+                    &format!("{}manifest_mismatch", failure::ARCHIVE_PREFIX),
+                    "the archive's manifest differs from the snapshot's recorded manifest",
                 ));
             }
             for v in &volumes {

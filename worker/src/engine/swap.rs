@@ -205,3 +205,114 @@ pub fn remove_backups(volumes: &[PlannedVolume], job: JobId) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use volsnap_shared::domain::{VolumeScope, VolumeSpec};
+
+    fn setup(d: &Path, job: JobId) -> PlannedVolume {
+        let v = PlannedVolume {
+            index: 0,
+            spec: VolumeSpec {
+                scope: VolumeScope::Stage,
+                source: "data".into(),
+                target: "/data".into(),
+            },
+            target: d.join("data"),
+            side: d.join(".volsnap-x-0"),
+        };
+        std::fs::create_dir(&v.target).unwrap();
+        std::fs::write(v.target.join("f"), "old").unwrap();
+        std::fs::create_dir(&v.side).unwrap();
+        std::fs::write(v.side.join("f"), "new").unwrap();
+        fsops::write_marker(
+            &v.side,
+            &Marker {
+                job,
+                volume: 0,
+                role: Role::New,
+            },
+        )
+        .unwrap();
+        v
+    }
+
+    fn content(p: &Path) -> String {
+        std::fs::read_to_string(p.join("f")).unwrap()
+    }
+
+    #[test]
+    fn swap_in_then_back_restores_the_old_data_and_drops_the_new() {
+        let d = tempfile::tempdir().unwrap();
+        let job = JobId::new();
+        let v = setup(d.path(), job);
+        let vols = vec![v.clone()];
+        mark_targets_old(&vols, job).unwrap();
+        swap_in(&vols, job).unwrap();
+        swap_in(&vols, job).unwrap(); // idempotent
+        assert_eq!(content(&v.target), "new");
+        swap_back(&vols, job).unwrap();
+        swap_back(&vols, job).unwrap(); // idempotent
+        assert_eq!(content(&v.target), "old");
+        assert!(!fsops::exists(&v.side));
+        assert!(!fsops::exists(&v.target.join(fsops::MARKER)));
+    }
+
+    #[test]
+    fn forward_then_backups_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let job = JobId::new();
+        let v = setup(d.path(), job);
+        let vols = vec![v.clone()];
+        mark_targets_old(&vols, job).unwrap();
+        swap_in(&vols, job).unwrap();
+        clear_targets(&vols, job).unwrap();
+        assert_eq!(content(&v.side), "old");
+        remove_backups(&vols, job).unwrap();
+        remove_backups(&vols, job).unwrap();
+        assert_eq!(content(&v.target), "new");
+        assert!(!fsops::exists(&v.side) && !fsops::exists(&trash(&v)));
+        assert!(!fsops::exists(&v.target.join(fsops::MARKER)));
+    }
+
+    #[test]
+    fn settle_finishes_half_done_fallback_swaps() {
+        // Crashed after "target → parking": the target is put back, nothing swapped.
+        let d = tempfile::tempdir().unwrap();
+        let job = JobId::new();
+        let v = setup(d.path(), job);
+        mark_targets_old(std::slice::from_ref(&v), job).unwrap();
+        std::fs::rename(&v.target, parking(&v)).unwrap();
+        settle(&v, job).unwrap();
+        assert_eq!(content(&v.target), "old");
+        assert_eq!(content(&v.side), "new");
+        assert!(!fsops::exists(&parking(&v)));
+
+        // Crashed after "side → target": the parked old data becomes the side.
+        std::fs::rename(&v.target, parking(&v)).unwrap();
+        std::fs::rename(&v.side, &v.target).unwrap();
+        settle(&v, job).unwrap();
+        assert_eq!(content(&v.target), "new");
+        assert_eq!(content(&v.side), "old");
+        assert_eq!(role(&v.side, job).unwrap(), Some(Role::Old));
+    }
+
+    #[test]
+    fn refuses_to_delete_the_old_copy_as_staging() {
+        let d = tempfile::tempdir().unwrap();
+        let job = JobId::new();
+        let v = setup(d.path(), job);
+        fsops::write_marker(
+            &v.side,
+            &Marker {
+                job,
+                volume: 0,
+                role: Role::Old,
+            },
+        )
+        .unwrap();
+        assert!(discard_side(&v, job).is_err());
+        assert!(fsops::exists(&v.side));
+    }
+}
