@@ -46,6 +46,10 @@ async fn capture_change_restore_round_trip(
     let (job, sid) = env.enqueue_capture(w).await;
     let j = env.wait_final(job, Duration::from_secs(60)).await;
     assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+    assert!(
+        j.progress_total > 0 && j.progress_done == j.progress_total,
+        "{j:?}"
+    );
     let (state, rel, size, sha): (String, String, i64, String) = sqlx::query_as(
         "SELECT state, archive_path, size_bytes, sha256 FROM snapshots WHERE id = $1",
     )

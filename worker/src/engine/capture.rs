@@ -16,7 +16,7 @@ use volsnap_shared::queue::worker::JobContext;
 use super::error::{Failure, Stop};
 use super::journal::{Journal, JournalState, Outcome};
 use super::restore::{close_journal, partial_path, write_archive_durably, write_journal};
-use super::{Engine, archive, blocking, fsops, paths, store};
+use super::{Engine, archive, blocking, blocking_with_progress, fsops, paths, store};
 use crate::crash_point;
 
 #[tracing::instrument(skip_all, fields(job_id = %ctx.id()))]
@@ -121,7 +121,10 @@ async fn capture(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
         None => {
             let (dest, limits, wid) = (dest.clone(), eng.cfg.limits.clone(), workload.id);
             let level = eng.cfg.capture_gzip_level;
-            blocking(move || write_archive_durably(&dest, wid, &sources, &limits, level)).await
+            blocking_with_progress(Some(ctx), move |p| {
+                write_archive_durably(&dest, wid, &sources, &limits, level, p)
+            })
+            .await
         }
     };
     crash_point!("capture.written");

@@ -193,6 +193,59 @@ where
     }
 }
 
+/// Byte progress shared between a blocking step and the task that reports it.
+#[derive(Debug, Default)]
+pub struct Progress {
+    done: std::sync::atomic::AtomicU64,
+    total: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    pub fn set(&self, done: u64, total: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.done.store(done, Relaxed);
+        self.total.store(total, Relaxed);
+    }
+
+    fn get(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.done.load(Relaxed), self.total.load(Relaxed))
+    }
+}
+
+/// [`blocking`], reporting the step's byte progress on the job (when there is one)
+/// a few times a second. A failed progress write (lost lease) does not stop the step:
+/// the caller checks the lease afterwards.
+pub async fn blocking_with_progress<T, F>(ctx: Option<&JobContext>, f: F) -> Result<T, Failure>
+where
+    T: Send + 'static,
+    F: FnOnce(&Progress) -> Result<T, Failure> + Send + 'static,
+{
+    let progress = std::sync::Arc::new(Progress::default());
+    let mut task = tokio::task::spawn_blocking({
+        let p = progress.clone();
+        move || f(&p)
+    });
+    let res = loop {
+        tokio::select! {
+            r = &mut task => break r,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                if let Some(ctx) = ctx {
+                    let (done, total) = progress.get();
+                    let _ = ctx.set_progress(done, total).await;
+                }
+            }
+        }
+    };
+    let res =
+        res.map_err(|e| Failure::internal(failure::INTERNAL, "a blocking step panicked", e))?;
+    if let (Some(ctx), Ok(_)) = (ctx, &res) {
+        let (_, total) = progress.get();
+        let _ = ctx.set_progress(total, total).await;
+    }
+    res
+}
+
 impl JobHandler for Engine {
     async fn startup_recovery(&self) -> anyhow::Result<()> {
         recovery::startup_sweep(self).await

@@ -27,7 +27,9 @@ use volsnap_shared::queue::worker::JobContext;
 
 use super::error::{Failure, Stop};
 use super::journal::{Journal, JournalState, Outcome, PlannedVolume};
-use super::{Engine, archive, blocking, fsops, paths, store, swap};
+use super::{
+    Engine, Progress, archive, blocking, blocking_with_progress, fsops, paths, store, swap,
+};
 use crate::crash_point;
 
 /// What pre-flight decided: everything later steps need, all checked.
@@ -749,7 +751,7 @@ async fn archive_old_data(
         .collect();
     let (job, workload, limits) = (j.job_id, j.workload_id, eng.cfg.limits.clone());
     let level = eng.cfg.pre_restore_gzip_level;
-    let written = blocking(move || {
+    let written = blocking_with_progress(ctx, move |progress| {
         for v in &sources {
             if fsops::read_marker(&v.path, job)
                 .map_err(|e| Failure::io("reading a marker", e))?
@@ -765,7 +767,7 @@ async fn archive_old_data(
                 ));
             }
         }
-        write_archive_durably(&dest, workload, &sources, &limits, level)
+        write_archive_durably(&dest, workload, &sources, &limits, level, progress)
     })
     .await?;
     crash_point!("restore.archive.written");
@@ -781,13 +783,16 @@ pub fn write_archive_durably(
     sources: &[archive::SourceVolume],
     limits: &archive::Limits,
     level: u32,
+    progress: &Progress,
 ) -> Result<archive::Written, Failure> {
     let dir = fsops::parent(dest);
     std::fs::create_dir_all(dir).map_err(|e| Failure::io("creating the snapshot directory", e))?;
     let partial = partial_path(dest);
     fsops::remove_file(&partial).map_err(|e| Failure::io("removing a partial archive", e))?;
     let mut out = File::create(&partial).map_err(|e| Failure::io("creating the archive", e))?;
-    let written = archive::write(&mut out, workload, sources, limits, level, |_, _| {})?;
+    let written = archive::write(&mut out, workload, sources, limits, level, |d, t| {
+        progress.set(d, t)
+    })?;
     out.sync_all()
         .map_err(|e| Failure::io("syncing the archive", e))?;
     drop(out);
