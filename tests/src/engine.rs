@@ -167,6 +167,16 @@ impl Env {
     /// A running busybox container of `workload` with every volume bind-mounted. It
     /// exits promptly on SIGTERM.
     pub fn run_container(&self, workload: WorkloadId, volumes: &[VolumeSpec]) -> String {
+        self.run_container_with(workload, volumes, &[])
+    }
+
+    /// [`Env::run_container`] with extra `docker run` options (e.g. a healthcheck).
+    pub fn run_container_with(
+        &self,
+        workload: WorkloadId,
+        volumes: &[VolumeSpec],
+        extra: &[&str],
+    ) -> String {
         let label = format!("volsnap.workload={workload}");
         let mut args: Vec<String> = vec![
             "run".into(),
@@ -182,6 +192,7 @@ impl Env {
             args.push("-v".into());
             args.push(format!("{}:{}", self.host_path(v).display(), v.target));
         }
+        args.extend(extra.iter().map(|s| s.to_string()));
         args.push(IMAGE.into());
         args.extend([
             "sh".into(),

@@ -268,3 +268,41 @@ async fn snapshot_verify_and_import(
     assert_eq!(tree_hash(&env.host_path(&vols[0])), tree_hash(&src));
     worker.stop();
 }
+
+/// The redeploy waits for `healthy` where a healthcheck exists: this container is
+/// healthy only with the snapshot's data, and the job succeeds only once it is.
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn redeploy_waits_for_healthy(
+    _o: sqlx::pool::PoolOptions<sqlx::Postgres>,
+    opts: PgConnectOptions,
+) {
+    let pool = PgPool::connect_with(opts.clone()).await.unwrap();
+    let env = Env::new(pool, opts, BIN).await;
+    let vols = vec![vol(VolumeScope::Stage, "data", "/data")];
+    write_tree(&env.host_path(&vols[0]), 2, 1);
+    let src = env.root().join("src");
+    write_tree(&src, 1, 1);
+    let w = env.add_workload(&vols, SourceKind::Image, false).await;
+    let sid = env.make_snapshot(w, &[(vols[0].clone(), src)]).await;
+    let c = env.run_container_with(
+        w,
+        &vols,
+        &[
+            "--health-cmd",
+            "test -f /data/only-1",
+            "--health-interval",
+            "300ms",
+            "--health-retries",
+            "1",
+        ],
+    );
+    let worker = env.worker(None);
+    let job = env.enqueue(JobKind::Restore, w, Some(sid)).await;
+    let j = env.wait_final(job, Duration::from_secs(60)).await;
+    assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Health.Status}}", &c]),
+        "healthy"
+    );
+    worker.stop();
+}
