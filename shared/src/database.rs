@@ -51,6 +51,9 @@ pub async fn connect(
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
+        // A dead connection fails its first query anyway; a ping per acquire would cost
+        // a round trip on every queue operation.
+        .test_before_acquire(false)
         .connect_with(opts)
         .await
         .map_err(DatabaseError::Connect)

@@ -25,41 +25,45 @@ fn bucket_slot(bounds: &[f64], v: f64) -> i32 {
     bounds.iter().position(|b| v <= *b).unwrap_or(bounds.len()) as i32 + 1
 }
 
-/// Count a job that just became final. Call in the finishing transaction.
+/// Count a job that just became final. Call in the finishing transaction (or use
+/// [`RECORD_FINISHED_CTE`] inside the finishing statement).
 pub async fn record_finished(conn: &mut PgConnection, job: &Job) -> Result<(), sqlx::Error> {
-    let outcome = job.state;
-    debug_assert!(outcome.is_final());
-    let duration = match (job.started_at, job.finished_at) {
-        (Some(s), Some(f)) => Some(((f - s).num_microseconds().unwrap_or(0) as f64 / 1e6).max(0.0)),
-        _ => None,
-    };
-    let zeros = vec![0i64; JOB_DURATION_BUCKETS.len() + 1];
-    let slot = duration.map(|d| bucket_slot(JOB_DURATION_BUCKETS, d));
-    sqlx::query(
-        "INSERT INTO job_outcome_stats AS s (kind, outcome, finished, duration_sum, duration_buckets) \
-         VALUES ($1, $2, 1, coalesce($3, 0), $4) \
-         ON CONFLICT (kind, outcome) DO UPDATE SET finished = s.finished + 1, \
-           duration_sum = s.duration_sum + coalesce($3, 0), \
-           duration_buckets = s.duration_buckets",
-    )
+    debug_assert!(job.state.is_final());
+    sqlx::query(concat!(
+        "WITH fin AS (SELECT $1::text AS kind, $2::text AS state, $3::timestamptz AS started_at, \
+         $4::timestamptz AS finished_at) ",
+        crate::record_finished_cte!(),
+        " SELECT 1"
+    ))
     .bind(job.kind)
-    .bind(outcome)
-    .bind(duration)
-    .bind(&zeros)
-    .execute(&mut *conn)
+    .bind(job.state)
+    .bind(job.started_at)
+    .bind(job.finished_at)
+    .execute(conn)
     .await?;
-    if let Some(slot) = slot {
-        sqlx::query(
-            "UPDATE job_outcome_stats SET duration_buckets[$3] = duration_buckets[$3] + 1 \
-             WHERE kind = $1 AND outcome = $2",
-        )
-        .bind(job.kind)
-        .bind(outcome)
-        .bind(slot)
-        .execute(&mut *conn)
-        .await?;
-    }
     Ok(())
+}
+
+/// A CTE fragment (`, stats AS (...)`) that counts the rows of a preceding CTE named
+/// `fin` (columns kind, state, started_at, finished_at) into `job_outcome_stats`: one
+/// statement, a random one of 16 shards, the histogram bucket chosen in SQL.
+#[macro_export]
+macro_rules! record_finished_cte {
+    () => {
+        ", stats AS ( \
+           INSERT INTO job_outcome_stats AS s (kind, outcome, shard, finished, duration_sum, duration_buckets) \
+           SELECT f.kind, f.state, floor(random() * 16)::smallint, 1, coalesce(d.secs, 0), \
+             array(SELECT CASE WHEN d.secs IS NOT NULL AND i = d.slot THEN 1 ELSE 0 END::bigint \
+                   FROM generate_series(1, 16) i) \
+           FROM fin f \
+           CROSS JOIN LATERAL (SELECT greatest(extract(epoch FROM f.finished_at - f.started_at), 0)::float8 AS secs) d0 \
+           CROSS JOIN LATERAL (SELECT d0.secs, (SELECT count(*) + 1 FROM unnest(ARRAY[0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600]::float8[]) b \
+                                WHERE b < d0.secs)::int AS slot) d \
+           ON CONFLICT (kind, outcome, shard) DO UPDATE SET finished = s.finished + 1, \
+             duration_sum = s.duration_sum + excluded.duration_sum, \
+             duration_buckets = array(SELECT a + b FROM unnest(s.duration_buckets, excluded.duration_buckets) AS u(a, b)) \
+           RETURNING 1)"
+    };
 }
 
 /// Count the bytes a restore wrote and the time its containers were down.
@@ -129,8 +133,10 @@ pub async fn render_prometheus(pool: &PgPool) -> Result<String, sqlx::Error> {
     let mut out = String::with_capacity(4096);
 
     let outcomes: Vec<(JobKind, JobState, i64, f64, Vec<i64>)> = sqlx::query_as(
-        "SELECT kind, outcome, finished, duration_sum, duration_buckets FROM job_outcome_stats \
-         ORDER BY kind, outcome",
+        "SELECT kind, outcome, sum(finished)::int8, sum(duration_sum)::float8, \
+           array(SELECT sum(b)::int8 FROM job_outcome_stats s2, unnest(s2.duration_buckets) WITH ORDINALITY AS u(b, i) \
+                 WHERE s2.kind = s.kind AND s2.outcome = s.outcome GROUP BY i ORDER BY i) \
+         FROM job_outcome_stats s GROUP BY kind, outcome ORDER BY kind, outcome",
     )
     .fetch_all(pool)
     .await?;
@@ -227,6 +233,20 @@ pub async fn render_prometheus(pool: &PgPool) -> Result<String, sqlx::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sql_bucket_bounds_match_the_constant() {
+        let listed: Vec<String> = JOB_DURATION_BUCKETS.iter().map(|b| b.to_string()).collect();
+        let sql = crate::record_finished_cte!();
+        assert!(
+            sql.contains(&format!("ARRAY[{}]", listed.join(", "))),
+            "{sql}"
+        );
+        assert!(sql.contains(&format!(
+            "generate_series(1, {})",
+            JOB_DURATION_BUCKETS.len() + 1
+        )));
+    }
 
     #[test]
     fn slots() {

@@ -488,7 +488,7 @@ async fn run_one<H: JobHandler>(
     running: Running,
     ctx: JobContext,
 ) -> Result<bool, sqlx::Error> {
-    let (id, attempt) = (ctx.job.id, ctx.job.attempt);
+    let (id, attempt, batched) = (ctx.job.id, ctx.job.attempt, ctx.job.batch_id.is_some());
     let key = workload_lock_key(ctx.job.workload_id);
     let mut lock_conn: PoolConnection<Postgres> = pool.acquire().await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
@@ -526,7 +526,7 @@ async fn run_one<H: JobHandler>(
         tracing::error!(job_id = %id, "job handler panicked; the job is queued for recovery");
         JobOutcome::RequeueForRecovery
     });
-    let applied = apply_outcome(&mut lock_conn, id, attempt, &outcome).await;
+    let applied = apply_outcome(&mut lock_conn, id, attempt, batched, &outcome).await;
     running.lock().expect("running map").remove(&id);
     let unlocked: Result<bool, _> = sqlx::query_scalar("SELECT pg_advisory_unlock($1, $2)")
         .bind(ADVISORY_LOCK_CLASS)
@@ -548,6 +548,7 @@ async fn apply_outcome(
     conn: &mut PgConnection,
     id: JobId,
     attempt: i32,
+    batched: bool,
     outcome: &JobOutcome,
 ) -> Result<bool, sqlx::Error> {
     let (state, phase, code, message) = match outcome {
@@ -581,6 +582,39 @@ async fn apply_outcome(
             Some(message.as_str()),
         ),
     };
+    if !(state == JobState::Failed && batched) {
+        // The common path: finish and count in one statement (atomic on its own).
+        // The trigger's NOTIFY would hold a database-wide lock across this commit's WAL
+        // flush and serialise all finishing workers; `quiet` (evaluated before any row is
+        // updated, as the UPDATE's WHERE reads it) turns it off for this statement and the
+        // notifications are sent below, after the commit, where they cost no flush.
+        let row: Option<i32> = sqlx::query_scalar(concat!(
+            "WITH quiet AS (SELECT set_config('volsnap.quiet_notify', 'on', true) AS q), \
+             fin AS (UPDATE jobs SET state = $3, phase = $4, error_code = $5, \
+               error_message = $6, finished_at = clock_timestamp(), recovering = false \
+               WHERE id = $1 AND attempt = $2 AND state = 'running' \
+                 AND (SELECT q FROM quiet) = 'on' \
+               RETURNING kind, state, started_at, finished_at)",
+            crate::record_finished_cte!(),
+            " SELECT 1 FROM fin"
+        ))
+        .bind(id)
+        .bind(attempt)
+        .bind(state)
+        .bind(phase)
+        .bind(code)
+        .bind(message)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if row.is_some() {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(super::events::STATE_CHANNEL)
+                .bind(id.to_string())
+                .execute(&mut *conn)
+                .await?;
+        }
+        return Ok(row.is_some());
+    }
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let job = sqlx::query_as::<_, Job>(concat!(
         "UPDATE jobs SET state = $3, phase = $4, error_code = $5, error_message = $6, \
@@ -715,16 +749,25 @@ async fn heartbeat_loop(
 }
 
 async fn maintenance_loop(pool: PgPool, cfg: WorkerConfig, stop: CancellationToken) {
-    let mut tick = tokio::time::interval((cfg.lease / 2).max(Duration::from_millis(100)));
+    let mut tick = tokio::time::interval(cfg.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_rescue = Instant::now();
     let mut last_prune: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = super::rescue_expired(&pool, cfg.lease).await {
-            tracing::warn!(error = %e, "rescue pass failed");
+        // Jobs of this node whose owner died (lock free, heartbeat stale): at once.
+        if let Err(e) = rescue_orphans_on_node(&pool, &cfg).await {
+            tracing::warn!(error = %e, "orphan check failed");
+        }
+        // Jobs of any node whose lease ran out (their owner may be alive but cut off).
+        if last_rescue.elapsed() >= cfg.lease / 2 {
+            last_rescue = Instant::now();
+            if let Err(e) = super::rescue_expired(&pool, cfg.lease).await {
+                tracing::warn!(error = %e, "rescue pass failed");
+            }
         }
         if let Some(age) = cfg.prune_after
             && last_prune.is_none_or(|t| t.elapsed() > Duration::from_secs(3600))
@@ -739,8 +782,8 @@ async fn maintenance_loop(pool: PgPool, cfg: WorkerConfig, stop: CancellationTok
     }
 }
 
-/// At start-up: running jobs of this node whose owner is gone are queued for recovery
-/// at once instead of waiting out their lease. An owner that is alive holds the
+/// Running jobs of this node whose owner is gone are queued for recovery at once
+/// (at start-up and on every heartbeat tick) instead of waiting out their lease. An owner that is alive holds the
 /// workload's advisory lock for the whole run, so a lock we can take means a dead
 /// owner; a stale heartbeat is required as well, to stay clear of a claim that has
 /// not taken its lock yet.

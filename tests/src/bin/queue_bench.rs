@@ -1,1 +1,339 @@
-fn main() {}
+//! Queue benchmark (not a test): pickup latency, trivial-job throughput, rescue time.
+//!
+//!     DATABASE_URL=$(scripts/pg.sh) cargo run --release -p volsnap-e2e --bin queue-bench
+//!
+//! Works in a scratch database `volsnap_queue_bench` (dropped and re-created).
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use volsnap_shared::domain::{JobKind, JobState};
+use volsnap_shared::ids::{JobId, WorkloadId};
+use volsnap_shared::queue::worker::{JobContext, JobHandler, JobOutcome, WorkerConfig, run};
+use volsnap_shared::queue::{self, NewJob};
+
+const DB: &str = "volsnap_queue_bench";
+
+#[derive(Default)]
+struct Starts {
+    waiting: Mutex<HashMap<JobId, oneshot::Sender<Instant>>>,
+}
+
+impl JobHandler for Starts {
+    async fn startup_recovery(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+    async fn run(&self, ctx: JobContext) -> JobOutcome {
+        let now = Instant::now();
+        if let Some(tx) = self.waiting.lock().unwrap().remove(&ctx.job.id) {
+            let _ = tx.send(now);
+        }
+        JobOutcome::Succeeded
+    }
+}
+
+struct Trivial;
+impl JobHandler for Trivial {
+    async fn startup_recovery(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+    async fn run(&self, _ctx: JobContext) -> JobOutcome {
+        JobOutcome::Succeeded
+    }
+}
+
+fn cfg(node: &str, concurrency: usize) -> WorkerConfig {
+    let mut c = WorkerConfig::new(node);
+    c.concurrency = concurrency;
+    c.heartbeat_interval = Duration::from_secs(1);
+    c.lease = Duration::from_secs(10);
+    c.poll_interval = Duration::from_secs(5);
+    c.prune_after = None;
+    c
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+async fn workloads(pool: &PgPool, n: i64, node: &str) -> Vec<WorkloadId> {
+    sqlx::query_scalar(
+        "INSERT INTO workloads (id, name, project, stage, node, source_kind, image) \
+         SELECT gen_random_uuid(), 'w' || g, 'bench', 's', $2, 'image', 'x' \
+         FROM generate_series(1, $1) g ON CONFLICT DO NOTHING RETURNING id",
+    )
+    .bind(n)
+    .bind(node)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+async fn reset(pool: &PgPool) {
+    sqlx::query("TRUNCATE jobs, workloads, batches, workers, job_outcome_stats CASCADE")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+async fn pickup_latency(pool: &PgPool) {
+    reset(pool).await;
+    let loads = workloads(pool, 1000, "bench").await;
+    let starts = Arc::new(Starts::default());
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(run(
+        pool.clone(),
+        cfg("bench", 4),
+        starts.clone(),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut lat = Vec::new();
+    for (i, w) in loads.iter().enumerate() {
+        let id = JobId::new();
+        let (tx, rx) = oneshot::channel();
+        starts.waiting.lock().unwrap().insert(id, tx);
+        let mut t = pool.begin().await.unwrap();
+        sqlx::query(
+            "INSERT INTO jobs (id, kind, workload_id, node) VALUES ($1, 'capture', $2, 'bench')",
+        )
+        .bind(id)
+        .bind(w)
+        .execute(&mut *t)
+        .await
+        .unwrap();
+        t.commit().await.unwrap();
+        let committed = Instant::now();
+        let started = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        if i >= 50 {
+            lat.push(started.saturating_duration_since(committed));
+        }
+    }
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    lat.sort();
+    println!(
+        "pickup latency (commit -> handler start, LISTEN/NOTIFY, {} jobs): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms",
+        lat.len(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.9),
+        pct(&lat, 0.99)
+    );
+}
+
+async fn throughput(
+    pool: &PgPool,
+    url: &PgConnectOptions,
+    runners: usize,
+    concurrency: usize,
+    n: i64,
+) {
+    reset(pool).await;
+    let loads = workloads(pool, n, "bench").await;
+    sqlx::query(
+        "INSERT INTO jobs (id, kind, workload_id, node, created_at) \
+         SELECT gen_random_uuid(), 'capture', w, 'bench', clock_timestamp() FROM unnest($1::uuid[]) w",
+    )
+    .bind(&loads)
+    .execute(pool)
+    .await
+    .unwrap();
+    let stop = CancellationToken::new();
+    let t0 = Instant::now();
+    let mut handles = vec![];
+    for _ in 0..runners {
+        // Each runner has its own pool, as a separate process would.
+        let p = PgPoolOptions::new()
+            .max_connections(concurrency as u32 * 2 + 4)
+            .test_before_acquire(false)
+            .connect_with(url.clone())
+            .await
+            .unwrap();
+        handles.push(tokio::spawn(run(
+            p,
+            cfg("bench", concurrency),
+            Arc::new(Trivial),
+            stop.clone(),
+        )));
+    }
+    loop {
+        let done: i64 =
+            sqlx::query_scalar("SELECT coalesce(sum(finished), 0)::int8 FROM job_outcome_stats")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if done == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let el = t0.elapsed();
+    stop.cancel();
+    for h in handles {
+        h.await.unwrap().unwrap();
+    }
+    println!(
+        "throughput: {runners} worker(s) x concurrency {concurrency}: {n} trivial jobs in {:.2} s = {:.0} jobs/s",
+        el.as_secs_f64(),
+        n as f64 / el.as_secs_f64()
+    );
+}
+
+/// SIGKILL a queue-probe mid-job and time until its job runs again (as a recovery).
+async fn rescue_time(pool: &PgPool, url: &str, lease: f64, restart: bool) {
+    reset(pool).await;
+    let probe = std::env::current_exe()
+        .unwrap()
+        .with_file_name("queue-probe");
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS queue_probe (job_id uuid, workload_id uuid, worker text, pid int, \
+         attempt int, recovering bool, event text, at timestamptz)",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let hb = format!("{}", lease / 5.0);
+    let lease_s = format!("{lease}");
+    let spawn = |work: &str| {
+        Command::new(&probe)
+            .args([
+                "--database-url",
+                url,
+                "--node",
+                "bench",
+                "--work-ms",
+                work,
+                "--steps",
+                "1000",
+            ])
+            .args([
+                "--heartbeat-secs",
+                &hb,
+                "--lease-secs",
+                &lease_s,
+                "--poll-secs",
+                "5",
+            ])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut victim = spawn("600000");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let w = workloads(pool, 1, "bench").await[0];
+    let mut conn = pool.acquire().await.unwrap();
+    let job = queue::enqueue(
+        &mut conn,
+        &NewJob {
+            kind: JobKind::Capture,
+            workload_id: w,
+            snapshot_id: None,
+            node: "bench".into(),
+            batch_id: None,
+            requested_by: None,
+        },
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    loop {
+        let (st, owner): (JobState, Option<String>) =
+            sqlx::query_as("SELECT state, worker_id FROM jobs WHERE id = $1")
+                .bind(job.id)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if st == JobState::Running
+            && owner.is_some_and(|o| o.contains(&format!(":{}:", victim.id())))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // With `restart` the survivor starts after the kill (a restarted worker); without,
+    // it is already running and only its periodic rescue pass can pick the job up.
+    let mut survivor = if restart { None } else { Some(spawn("1")) };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    victim.kill().unwrap();
+    let killed = Instant::now();
+    victim.wait().unwrap();
+    if restart {
+        survivor = Some(spawn("1"));
+    }
+    loop {
+        let (attempt, st): (i32, JobState) =
+            sqlx::query_as("SELECT attempt, state FROM jobs WHERE id = $1")
+                .bind(job.id)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if attempt >= 2 && st != JobState::Queued {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let el = killed.elapsed();
+    let mut s = survivor.unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = s.wait();
+    println!(
+        "rescue: lease {lease:.1} s, heartbeat {:.2} s, {}: job re-claimed {:.2} s after SIGKILL",
+        lease / 5.0,
+        if restart {
+            "worker restarted after the kill (start-up orphan check)"
+        } else {
+            "a second worker already running (lease expiry + rescue pass)"
+        },
+        el.as_secs_f64()
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let base: PgConnectOptions = std::env::var("DATABASE_URL")
+        .expect("set DATABASE_URL (scripts/pg.sh prints one)")
+        .parse()
+        .unwrap();
+    let admin = PgPool::connect_with(base.clone()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {DB} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DB}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let opts = base.clone().database(DB);
+    let url = opts.to_url_lossy().to_string();
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(opts.clone())
+        .await
+        .unwrap();
+    volsnap_shared::MIGRATOR.run(&pool).await.unwrap();
+
+    pickup_latency(&pool).await;
+    throughput(&pool, &opts, 1, 8, 20_000).await;
+    throughput(&pool, &opts, 4, 8, 20_000).await;
+    for lease in [1.0, 2.0, 4.0] {
+        rescue_time(&pool, &url, lease, false).await;
+    }
+    rescue_time(&pool, &url, 4.0, true).await;
+    pool.close().await;
+}
