@@ -76,10 +76,10 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
         partial: None,
         state: JournalState::Staging,
     };
+    ctx.set_phase("extracting").await?;
     write_journal(eng, &j).await?;
     crash_point!("restore.journal.staging");
 
-    ctx.set_phase("extracting").await?;
     if let Err(stop) = extract(eng, ctx, &plan, file).await {
         discard_staging(eng, &j).await;
         return Err(stop);
@@ -121,7 +121,7 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
             return Err(Stop::LeaseLost);
         }
         tracing::error!(error = %f, "restore failed before its commit point: rolling back");
-        ctx.set_phase("rolling back").await?;
+        let _ = ctx.set_phase("rolling back").await;
         return match roll_back(eng, &mut j).await {
             Ok(()) => {
                 close_journal(eng, ctx.id()).await?;
