@@ -23,7 +23,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use volsnap_archive::{ExtractOptions, VolumeInput, WriteOptions, extract_file, write_archive, write_archive_file};
+use volsnap_archive::{
+    ExtractOptions, VolumeInput, WriteOptions, extract_file, write_archive, write_archive_file,
+};
 
 struct Rng(u64);
 impl Rng {
@@ -63,7 +65,10 @@ impl Rng {
 }
 
 fn env_f64(k: &str, d: f64) -> f64 {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 /// Builds the tree: many small files (0–64 KiB, skewed small) in ~600 directories, and
@@ -119,6 +124,16 @@ fn generate(src: &Path, scale: f64) -> (u64, u64) {
     (files, bytes)
 }
 
+/// CPU seconds used so far by this process (all threads) plus its waited-for children,
+/// from /proc/self/stat (utime, stime, cutime, cstime; clock ticks of 1/100 s).
+fn cpu() -> f64 {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    // after ")": state is field 3, so utime (14) is index 11.
+    (11..15).map(|i| f[i].parse::<f64>().unwrap()).sum::<f64>() / 100.0
+}
+
 fn sh(cmd: &str) -> Duration {
     let t = Instant::now();
     let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
@@ -155,9 +170,9 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let base = std::env::var("VOLSNAP_BENCH_DIR").map(PathBuf::from).unwrap_or_else(|_| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.volsnap/bench")
-    });
+    let base = std::env::var("VOLSNAP_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.volsnap/bench"));
     let rounds = env_f64("VOLSNAP_BENCH_ROUNDS", 3.0) as usize;
     let scale = env_f64("VOLSNAP_BENCH_SCALE", 1.0);
     fs::create_dir_all(&base).unwrap();
@@ -167,7 +182,11 @@ fn main() {
     fs::create_dir_all(&src).unwrap();
     let t = Instant::now();
     let (files, bytes) = generate(&src, scale);
-    eprintln!("generated {files} files, {:.1} MiB in {:.1?}", bytes as f64 / 1048576.0, t.elapsed());
+    eprintln!(
+        "generated {files} files, {:.1} MiB in {:.1?}",
+        bytes as f64 / 1048576.0,
+        t.elapsed()
+    );
     warm(&src);
 
     let vol = [VolumeInput {
@@ -180,44 +199,69 @@ fn main() {
     let ours_gz = base.join("ours.tar.gz");
     let tar_gz = base.join("tar.tar.gz");
     let mut r: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    let mut c: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut sizes = (0u64, 0u64);
     for round in 0..rounds {
+        eprintln!("round {} of {rounds}", round + 1);
         let ours_first = round % 2 == 0;
         for side in [ours_first, !ours_first] {
             syncfs(&base);
             if side {
                 // Capture, durable.
                 rm(&ours_gz);
-                let t = Instant::now();
-                let s = write_archive_file(&ours_gz, "bench", &vol, &WriteOptions::default(), &mut |_, _| {}).unwrap();
-                r.entry("capture ours (fsync)").or_default().push(t.elapsed());
+                let (t, c0) = (Instant::now(), cpu());
+                let s = write_archive_file(
+                    &ours_gz,
+                    "bench",
+                    &vol,
+                    &WriteOptions::default(),
+                    &mut |_, _| {},
+                )
+                .unwrap();
+                r.entry("capture ours (fsync)")
+                    .or_default()
+                    .push(t.elapsed());
+                c.entry("capture ours (fsync)")
+                    .or_default()
+                    .push(cpu() - c0);
                 sizes.0 = s.size;
                 syncfs(&base);
                 // Capture, no fsync.
                 let scratch = base.join("ours-nosync.tar.gz");
                 rm(&scratch);
-                let t = Instant::now();
+                let (t, c0) = (Instant::now(), cpu());
                 let f = fs::File::create(&scratch).unwrap();
                 write_archive(f, "bench", &vol, &WriteOptions::default(), &mut |_, _| {}).unwrap();
-                r.entry("capture ours (no fsync)").or_default().push(t.elapsed());
+                r.entry("capture ours (no fsync)")
+                    .or_default()
+                    .push(t.elapsed());
+                c.entry("capture ours (no fsync)")
+                    .or_default()
+                    .push(cpu() - c0);
                 rm(&scratch);
             } else {
                 rm(&tar_gz);
+                let c0 = cpu();
                 let d = sh(&format!(
                     "tar --use-compress-program='gzip -6' -cf {t} -C {s} . && sync {t}",
                     t = tar_gz.display(),
                     s = src.display()
                 ));
                 r.entry("capture tar (sync)").or_default().push(d);
+                c.entry("capture tar (sync)").or_default().push(cpu() - c0);
                 sizes.1 = fs::metadata(&tar_gz).unwrap().len();
                 syncfs(&base);
                 let scratch = base.join("tar-nosync.tar.gz");
+                let c0 = cpu();
                 let d = sh(&format!(
                     "tar --use-compress-program='gzip -6' -cf {t} -C {s} .",
                     t = scratch.display(),
                     s = src.display()
                 ));
                 r.entry("capture tar (no sync)").or_default().push(d);
+                c.entry("capture tar (no sync)")
+                    .or_default()
+                    .push(cpu() - c0);
                 rm(&scratch);
             }
         }
@@ -232,16 +276,35 @@ fn main() {
                         ..ExtractOptions::default()
                     };
                     let map = BTreeMap::from([(0u32, out.clone())]);
-                    let t = Instant::now();
+                    let (t, c0) = (Instant::now(), cpu());
                     extract_file(&ours_gz, &map, &opts, &mut |_, _| {}).unwrap();
-                    let key = if durable { "extract ours (syncfs)" } else { "extract ours (no fsync)" };
+                    let key = if durable {
+                        "extract ours (syncfs)"
+                    } else {
+                        "extract ours (no fsync)"
+                    };
                     r.entry(key).or_default().push(t.elapsed());
+                    c.entry(key).or_default().push(cpu() - c0);
                 } else {
                     fs::create_dir(&out).unwrap();
-                    let sync = if durable { format!(" && sync -f {}", out.display()) } else { String::new() };
-                    let d = sh(&format!("tar -xzf {} -C {}{sync}", ours_gz.display(), out.display()));
-                    let key = if durable { "extract tar (sync -f)" } else { "extract tar (no sync)" };
+                    let c0 = cpu();
+                    let sync = if durable {
+                        format!(" && sync -f {}", out.display())
+                    } else {
+                        String::new()
+                    };
+                    let d = sh(&format!(
+                        "tar -xzf {} -C {}{sync}",
+                        ours_gz.display(),
+                        out.display()
+                    ));
+                    let key = if durable {
+                        "extract tar (sync -f)"
+                    } else {
+                        "extract tar (no sync)"
+                    };
                     r.entry(key).or_default().push(d);
+                    c.entry(key).or_default().push(cpu() - c0);
                 }
                 rm(&out);
             }
@@ -249,14 +312,35 @@ fn main() {
     }
     let m = |k: &str| median(r[k].clone());
     println!();
-    println!("tree: {files} files, {:.1} MiB; archive: ours {:.1} MiB, tar+gzip -6 {:.1} MiB; {rounds} rounds, medians", bytes as f64 / 1048576.0, sizes.0 as f64 / 1048576.0, sizes.1 as f64 / 1048576.0);
+    println!(
+        "tree: {files} files, {:.1} MiB; archive: ours {:.1} MiB, tar+gzip -6 {:.1} MiB; {rounds} rounds, medians",
+        bytes as f64 / 1048576.0,
+        sizes.0 as f64 / 1048576.0,
+        sizes.1 as f64 / 1048576.0
+    );
     println!("| operation | ours | GNU tar + gzip | ratio ours/tar |");
     println!("|---|---|---|---|");
     for (label, ours, tar) in [
-        ("capture, durable", "capture ours (fsync)", "capture tar (sync)"),
-        ("capture, no sync", "capture ours (no fsync)", "capture tar (no sync)"),
-        ("extract, durable", "extract ours (syncfs)", "extract tar (sync -f)"),
-        ("extract, no sync", "extract ours (no fsync)", "extract tar (no sync)"),
+        (
+            "capture, durable",
+            "capture ours (fsync)",
+            "capture tar (sync)",
+        ),
+        (
+            "capture, no sync",
+            "capture ours (no fsync)",
+            "capture tar (no sync)",
+        ),
+        (
+            "extract, durable",
+            "extract ours (syncfs)",
+            "extract tar (sync -f)",
+        ),
+        (
+            "extract, no sync",
+            "extract ours (no fsync)",
+            "extract tar (no sync)",
+        ),
     ] {
         let (o, t) = (m(ours), m(tar));
         println!(
@@ -269,8 +353,48 @@ fn main() {
         );
     }
     println!();
+    println!("CPU seconds (user+sys, all threads/processes), medians:");
+    println!("| operation | ours | GNU tar + gzip | ratio ours/tar |");
+    println!("|---|---|---|---|");
+    let mc = |k: &str| {
+        let mut v = c[k].clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for (label, ours, tar) in [
+        (
+            "capture, durable",
+            "capture ours (fsync)",
+            "capture tar (sync)",
+        ),
+        (
+            "extract, durable",
+            "extract ours (syncfs)",
+            "extract tar (sync -f)",
+        ),
+        (
+            "extract, no sync",
+            "extract ours (no fsync)",
+            "extract tar (no sync)",
+        ),
+    ] {
+        println!(
+            "| {label} | {:.2} s | {:.2} s | {:.2} |",
+            mc(ours),
+            mc(tar),
+            mc(ours) / mc(tar)
+        );
+    }
+    println!();
+    let loadavg = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average at the end: {}", loadavg.trim());
     for (k, v) in &r {
-        println!("{k}: {:?}", v.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect::<Vec<_>>());
+        println!(
+            "{k}: {:?}",
+            v.iter()
+                .map(|d| format!("{:.2}", d.as_secs_f64()))
+                .collect::<Vec<_>>()
+        );
     }
     if std::env::var("VOLSNAP_BENCH_KEEP").as_deref() != Ok("1") {
         rm(&base);

@@ -534,8 +534,9 @@ impl<'a, K: Sink> Walker<'a, K> {
                 });
             }
         }
-        for &id in self.tree.symlinks() {
-            if let Err(reason) = self.tree.check_symlink(id) {
+        let mut budget = self.tree.symlink_budget();
+        for id in self.tree.symlinks() {
+            if let Err(reason) = self.tree.check_symlink(id, &mut budget) {
                 let root = self.tree.root_of(id);
                 let index = self
                     .volumes

@@ -50,6 +50,8 @@ pub(crate) struct Node {
     pub name: Box<[u8]>,
     pub target: Option<Box<[u8]>>,
     children: Option<Box<DirIndex>>,
+    /// A symlink the writer dropped (no longer in its directory's index).
+    removed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -87,7 +89,14 @@ enum Step {
 pub(crate) struct Tree {
     pub nodes: Vec<Node>,
     symlinks: Vec<NodeId>,
+    target_bytes: u64,
 }
+
+/// Components that symlink resolution may walk, in total, for one tree: a fixed
+/// allowance plus one per byte of all symlink targets. Resolving a legitimate link walks
+/// a handful of components; the budget keeps a hostile web of long, chained targets from
+/// costing more than time linear in the archive's size.
+pub(crate) struct Budget(u64);
 
 impl Tree {
     pub(crate) fn new() -> Self {
@@ -104,6 +113,7 @@ impl Tree {
             name: Box::default(),
             target: None,
             children: Some(Box::default()),
+            removed: false,
         });
         id
     }
@@ -187,9 +197,11 @@ impl Tree {
             name: name.into(),
             target: target.map(Into::into),
             children: (kind == Kind::Dir).then(Box::default),
+            removed: false,
         });
         if kind == Kind::Symlink {
             self.symlinks.push(id);
+            self.target_bytes += target.map_or(0, |t| t.len() as u64);
         }
         Ok(id)
     }
@@ -206,7 +218,7 @@ impl Tree {
                 dir.folded.remove(&folded[..]);
             }
         }
-        self.symlinks.retain(|s| *s != id);
+        self.nodes[id as usize].removed = true;
     }
 
     /// The volume root a node belongs to.
@@ -241,14 +253,27 @@ impl Tree {
     }
 
     /// Symlinks currently in the tree, in insertion order.
-    pub(crate) fn symlinks(&self) -> &[NodeId] {
-        &self.symlinks
+    pub(crate) fn symlinks(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.symlinks
+            .iter()
+            .copied()
+            .filter(|id| !self.node(*id).removed)
+    }
+
+    /// The resolution budget for checking every symlink of this tree once.
+    pub(crate) fn symlink_budget(&self) -> Budget {
+        Budget(1_000_000 + 2 * self.target_bytes)
     }
 
     /// Checks that one symlink, followed through every other symlink of the archive,
     /// stays inside its volume, both as the names are (case-sensitive filesystem) and
-    /// with case folded (case-insensitive filesystem).
-    pub(crate) fn check_symlink(&self, id: NodeId) -> Result<(), &'static str> {
+    /// with case folded (case-insensitive filesystem). A resolution that exhausts the
+    /// budget is refused.
+    pub(crate) fn check_symlink(
+        &self,
+        id: NodeId,
+        budget: &mut Budget,
+    ) -> Result<(), &'static str> {
         let node = self.node(id);
         let target = node.target.as_deref().expect("symlink has a target");
         let root = self.root_of(id);
@@ -259,7 +284,7 @@ impl Tree {
                 .map(Step::Node)
                 .collect();
             let mut hops = 0;
-            self.walk(&mut stack, root, target, &mut hops, folded)?;
+            self.walk(&mut stack, root, target, &mut hops, folded, budget)?;
         }
         Ok(())
     }
@@ -271,11 +296,16 @@ impl Tree {
         target: &[u8],
         hops: &mut u32,
         folded: bool,
+        budget: &mut Budget,
     ) -> Result<(), &'static str> {
         if target.first() == Some(&b'/') {
             return Err("absolute target");
         }
         for c in target.split(|b| *b == b'/') {
+            budget.0 = budget
+                .0
+                .checked_sub(1)
+                .ok_or("symlink resolution too costly (too many chained components)")?;
             match c {
                 b"" | b"." => {}
                 b".." => {
@@ -309,7 +339,7 @@ impl Tree {
                                     return Err("too many levels of symbolic links");
                                 }
                                 let t = self.node(ch).target.as_deref().expect("target");
-                                self.walk(stack, root, t, hops, folded)?;
+                                self.walk(stack, root, t, hops, folded, budget)?;
                             }
                         },
                     }
@@ -351,6 +381,23 @@ mod tests {
         (t, ids)
     }
 
+    impl Tree {
+        fn check_symlink_b(&self, id: NodeId) -> Result<(), &'static str> {
+            self.check_symlink(id, &mut self.symlink_budget())
+        }
+    }
+
+    #[test]
+    fn budget_bounds_the_work() {
+        let (t, ids) = build(&[
+            ("d", None),
+            ("a", Some("d/../d/../d/../d")),
+            ("b", Some("a/a")),
+        ]);
+        assert!(t.check_symlink(ids[2], &mut Budget(100)).is_ok());
+        assert!(t.check_symlink(ids[2], &mut Budget(5)).is_err());
+    }
+
     #[test]
     fn chains_that_escape_only_through_another_link() {
         // s -> "." ; x/y/z -> "../../s/.." : lexically inside, really the volume's parent.
@@ -360,9 +407,9 @@ mod tests {
             ("x/y", None),
             ("x/y/z", Some("../../s/..")),
         ]);
-        assert!(t.check_symlink(ids[0]).is_ok());
+        assert!(t.check_symlink_b(ids[0]).is_ok());
         assert_eq!(
-            t.check_symlink(ids[3]),
+            t.check_symlink_b(ids[3]),
             Err("target resolves outside the volume")
         );
     }
@@ -380,15 +427,15 @@ mod tests {
             ("g", Some("f_f/../..")),
             ("n", Some("missing/../..")),
         ]);
-        assert!(t.check_symlink(ids[2]).is_ok());
+        assert!(t.check_symlink_b(ids[2]).is_ok());
         // a -> d/e, so a/.. is d: inside.
-        assert!(t.check_symlink(ids[3]).is_ok());
+        assert!(t.check_symlink_b(ids[3]).is_ok());
         assert_eq!(
-            t.check_symlink(ids[4]),
+            t.check_symlink_b(ids[4]),
             Err("too many levels of symbolic links")
         );
-        assert!(t.check_symlink(ids[7]).is_err());
-        assert!(t.check_symlink(ids[8]).is_err());
+        assert!(t.check_symlink_b(ids[7]).is_err());
+        assert!(t.check_symlink_b(ids[8]).is_err());
     }
 
     #[test]
@@ -396,7 +443,7 @@ mod tests {
         // On a case-insensitive filesystem "S" is the symlink "s" -> ".", so "S/.."
         // leaves the volume; on a case-sensitive one it is a missing directory.
         let (t, ids) = build(&[("s", Some(".")), ("q", Some("S/.."))]);
-        assert!(t.check_symlink(ids[1]).is_err());
+        assert!(t.check_symlink_b(ids[1]).is_err());
     }
 
     #[test]

@@ -358,13 +358,19 @@ fn scan_volume(
     let mut out = sc.out;
     // Drop symlinks whose chain leaves the volume, until none does (dropping one can
     // change how another resolves).
+    // Node ids follow scan order: entry k is node k + 1 (node 0 is the root).
+    debug_assert!(
+        out.entries
+            .iter()
+            .enumerate()
+            .all(|(k, e)| e.node as usize == k + 1)
+    );
     loop {
+        let mut budget = out.tree.symlink_budget();
         let bad: Vec<NodeId> = out
             .tree
             .symlinks()
-            .iter()
-            .copied()
-            .filter(|id| out.tree.check_symlink(*id).is_err())
+            .filter(|id| out.tree.check_symlink(*id, &mut budget).is_err())
             .collect();
         if bad.is_empty() {
             break;
@@ -372,9 +378,7 @@ fn scan_volume(
         for id in bad {
             tracing::warn!(volume = v.index, name = %show(&out.tree.path(id)), "skipping symlink that resolves outside the volume");
             out.tree.remove_symlink(id);
-            if let Some(e) = out.entries.iter_mut().find(|e| e.node == id) {
-                e.skip = true;
-            }
+            out.entries[id as usize - 1].skip = true;
             // Still counted against max_entries: conservative, and rare.
             out.skipped += 1;
         }
