@@ -389,12 +389,13 @@ async fn batch_max_parallel_holds_across_workers(pool: PgPool) {
     for _ in 0..2 {
         let mut cfg = fast_config("n1");
         cfg.concurrency = 8;
-        workers.push(tokio::spawn(run(
-            pool.clone(),
-            cfg,
-            rec.clone(),
-            stop.clone(),
-        )));
+        // Each runner has its own pool, as a separate process would.
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(20)
+            .connect_with((*pool.connect_options()).clone())
+            .await
+            .unwrap();
+        workers.push(tokio::spawn(run(own, cfg, rec.clone(), stop.clone())));
     }
     wait_for("batch done", Duration::from_secs(30), || async {
         let n: i64 = sqlx::query_scalar(

@@ -44,22 +44,31 @@ pub async fn record_finished(conn: &mut PgConnection, job: &Job) -> Result<(), s
     Ok(())
 }
 
-/// A CTE fragment (`, stats AS (...)`) that counts the rows of a preceding CTE named
-/// `fin` (columns kind, state, started_at, finished_at) into `job_outcome_stats`: one
-/// statement, a random one of 16 shards, the histogram bucket chosen in SQL.
+/// A CTE fragment (`, … stats AS (...)`) that counts the rows of a preceding CTE named
+/// `fin` (columns kind, state, started_at, finished_at; any number of rows) into
+/// `job_outcome_stats`: one statement, rows grouped per (kind, outcome) into a random
+/// one of 16 shards, histogram buckets chosen in SQL (bounds = [`JOB_DURATION_BUCKETS`]).
 #[macro_export]
 macro_rules! record_finished_cte {
     () => {
-        ", stats AS ( \
+        ", fin_b AS ( \
+           SELECT f.kind, f.state, d.secs, \
+             (SELECT count(*) + 1 FROM unnest(ARRAY[0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600]::float8[]) b \
+              WHERE b < d.secs)::int AS slot \
+           FROM fin f CROSS JOIN LATERAL \
+             (SELECT greatest(extract(epoch FROM f.finished_at - f.started_at), 0)::float8 AS secs) d), \
+         fin_g AS ( \
+           SELECT g.kind, g.state, \
+             (SELECT count(*) FROM fin_b x WHERE x.kind = g.kind AND x.state = g.state) AS n, \
+             (SELECT coalesce(sum(x.secs), 0) FROM fin_b x WHERE x.kind = g.kind AND x.state = g.state) AS total, \
+             array(SELECT (SELECT count(*) FROM fin_b x WHERE x.kind = g.kind AND x.state = g.state \
+                             AND x.secs IS NOT NULL AND x.slot = i)::bigint \
+                   FROM generate_series(1, 16) i ORDER BY i) AS buckets \
+           FROM (SELECT DISTINCT kind, state FROM fin_b) g), \
+         stats AS ( \
            INSERT INTO job_outcome_stats AS s (kind, outcome, shard, finished, duration_sum, duration_buckets) \
-           SELECT f.kind, f.state, floor(random() * 16)::smallint, 1, coalesce(d.secs, 0), \
-             array(SELECT CASE WHEN d.secs IS NOT NULL AND i = d.slot THEN 1 ELSE 0 END::bigint \
-                   FROM generate_series(1, 16) i) \
-           FROM fin f \
-           CROSS JOIN LATERAL (SELECT greatest(extract(epoch FROM f.finished_at - f.started_at), 0)::float8 AS secs) d0 \
-           CROSS JOIN LATERAL (SELECT d0.secs, (SELECT count(*) + 1 FROM unnest(ARRAY[0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600]::float8[]) b \
-                                WHERE b < d0.secs)::int AS slot) d \
-           ON CONFLICT (kind, outcome, shard) DO UPDATE SET finished = s.finished + 1, \
+           SELECT kind, state, floor(random() * 16)::smallint, n, total, buckets FROM fin_g \
+           ON CONFLICT (kind, outcome, shard) DO UPDATE SET finished = s.finished + excluded.finished, \
              duration_sum = s.duration_sum + excluded.duration_sum, \
              duration_buckets = array(SELECT a + b FROM unnest(s.duration_buckets, excluded.duration_buckets) AS u(a, b)) \
            RETURNING 1)"

@@ -64,6 +64,13 @@ impl WorkerConfig {
     }
 }
 
+/// The smallest pool a worker with `concurrency` slots can run on: each running job
+/// pins one connection (its workload lock) and the handler's own queries, claims,
+/// heartbeats and the completer need a few more.
+pub fn min_pool_size(concurrency: usize) -> u32 {
+    concurrency as u32 + 4
+}
+
 /// How a job's run ended, as its handler reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobOutcome {
@@ -262,6 +269,7 @@ pub async fn run<H: JobHandler>(
         .context("LISTEN for new jobs")?
         .subscribe();
     let running: Running = Arc::default();
+    let (completer, completer_task) = Completer::start(pool.clone());
     let hb = tokio::spawn(heartbeat_loop(
         pool.clone(),
         cfg.clone(),
@@ -306,9 +314,10 @@ pub async fn run<H: JobHandler>(
                         };
                         let (handler, running, pool) =
                             (handler.clone(), running.clone(), pool.clone());
+                        let completer = completer.clone();
                         let id = ctx.job.id;
                         tasks.spawn(async move {
-                            match run_one(pool, handler, running, ctx).await {
+                            match run_one(pool, handler, running, completer, ctx).await {
                                 Ok(busy) => busy.then_some(id),
                                 Err(e) => {
                                     tracing::error!(job_id = %id, error = ?e, "running a job failed at the queue level");
@@ -369,6 +378,8 @@ pub async fn run<H: JobHandler>(
         tasks.abort_all();
     }
     bg_stop.cancel();
+    drop(completer);
+    let _ = completer_task.await;
     let _ = hb.await;
     let _ = maint.await;
     let _ = sqlx::query("UPDATE workers SET stopped_at = now() WHERE id = $1")
@@ -486,6 +497,7 @@ async fn run_one<H: JobHandler>(
     pool: PgPool,
     handler: Arc<H>,
     running: Running,
+    completer: Completer,
     ctx: JobContext,
 ) -> Result<bool, sqlx::Error> {
     let (id, attempt, batched) = (ctx.job.id, ctx.job.attempt, ctx.job.batch_id.is_some());
@@ -526,7 +538,13 @@ async fn run_one<H: JobHandler>(
         tracing::error!(job_id = %id, "job handler panicked; the job is queued for recovery");
         JobOutcome::RequeueForRecovery
     });
-    let applied = apply_outcome(&mut lock_conn, id, attempt, batched, &outcome).await;
+    // Plain finishes go through the completer (many jobs, one commit); the rest — and
+    // a batch job's failure, which may stop its batch — are written here, on the
+    // connection that holds the lock.
+    let applied = match completer.finish(id, attempt, batched, &outcome).await {
+        Some(r) => r,
+        None => apply_outcome(&mut lock_conn, id, attempt, &outcome).await,
+    };
     running.lock().expect("running map").remove(&id);
     let unlocked: Result<bool, _> = sqlx::query_scalar("SELECT pg_advisory_unlock($1, $2)")
         .bind(ADVISORY_LOCK_CLASS)
@@ -543,12 +561,153 @@ async fn run_one<H: JobHandler>(
     Ok(false)
 }
 
+/// Writes plain job finishes in batches: every finish waiting while the previous
+/// batch commits goes into the next single statement, so the durable commit (one WAL
+/// flush) is shared by many jobs. Each caller gets its own fenced result.
+#[derive(Clone)]
+struct Completer {
+    tx: tokio::sync::mpsc::Sender<Completion>,
+}
+
+struct Completion {
+    id: JobId,
+    attempt: i32,
+    batched: bool,
+    state: JobState,
+    phase: &'static str,
+    code: Option<String>,
+    message: Option<String>,
+    reply: tokio::sync::oneshot::Sender<Result<bool, sqlx::Error>>,
+}
+
+/// Most finishes one statement writes.
+const COMPLETER_BATCH: usize = 256;
+
+impl Completer {
+    fn start(pool: PgPool) -> (Completer, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Completion>(COMPLETER_BATCH * 4);
+        let task = tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(COMPLETER_BATCH);
+            while rx.recv_many(&mut batch, COMPLETER_BATCH).await > 0 {
+                match complete_batch(&pool, &batch).await {
+                    Ok(done) => {
+                        for c in batch.drain(..) {
+                            let _ = c.reply.send(Ok(done.contains(&c.id)));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, jobs = batch.len(), "writing job finishes failed");
+                        for c in batch.drain(..) {
+                            let _ = c.reply.send(Err(sqlx::Error::Protocol(format!(
+                                "writing job finishes failed: {e}"
+                            ))));
+                        }
+                    }
+                }
+            }
+        });
+        (Completer { tx }, task)
+    }
+
+    /// Some(result) when the completer wrote this outcome; None when the caller must.
+    async fn finish(
+        &self,
+        id: JobId,
+        attempt: i32,
+        batched: bool,
+        outcome: &JobOutcome,
+    ) -> Option<Result<bool, sqlx::Error>> {
+        let (state, phase, code, message) = match outcome {
+            JobOutcome::Succeeded => (JobState::Succeeded, "done", None, None),
+            JobOutcome::Cancelled => (
+                JobState::Cancelled,
+                "cancelled",
+                None,
+                Some("cancelled on request".to_owned()),
+            ),
+            JobOutcome::Failed { code, message } if !batched => (
+                JobState::Failed,
+                "failed",
+                Some(code.clone()),
+                Some(message.clone()),
+            ),
+            _ => return None,
+        };
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let c = Completion {
+            id,
+            attempt,
+            batched,
+            state,
+            phase,
+            code,
+            message,
+            reply,
+        };
+        if self.tx.send(c).await.is_err() {
+            return None;
+        }
+        rx.await.ok()
+    }
+}
+
+/// One statement for many finishes; returns the ids that were still ours.
+async fn complete_batch(pool: &PgPool, batch: &[Completion]) -> Result<Vec<JobId>, sqlx::Error> {
+    let ids: Vec<JobId> = batch.iter().map(|c| c.id).collect();
+    let attempts: Vec<i32> = batch.iter().map(|c| c.attempt).collect();
+    let states: Vec<&str> = batch.iter().map(|c| c.state.as_str()).collect();
+    let phases: Vec<&str> = batch.iter().map(|c| c.phase).collect();
+    let codes: Vec<Option<&str>> = batch.iter().map(|c| c.code.as_deref()).collect();
+    let messages: Vec<Option<&str>> = batch.iter().map(|c| c.message.as_deref()).collect();
+    let mut conn = pool.acquire().await?;
+    // The trigger's NOTIFY would hold a database-wide lock across this commit's WAL
+    // flush and serialise every finishing worker; `quiet` (evaluated before any row is
+    // updated, as the UPDATE's WHERE reads it) turns it off for this statement, and the
+    // notifications are sent below, after the commit, where they cost no flush.
+    let done: Vec<JobId> = sqlx::query_scalar(concat!(
+        "WITH quiet AS (SELECT set_config('volsnap.quiet_notify', 'on', true) AS q), \
+         input AS (SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+                   AS t(id, attempt, state, phase, code, message)), \
+         fin AS (UPDATE jobs j SET state = i.state, phase = i.phase, error_code = i.code, \
+                   error_message = i.message, finished_at = clock_timestamp(), recovering = false \
+                 FROM input i \
+                 WHERE j.id = i.id AND j.attempt = i.attempt AND j.state = 'running' \
+                   AND (SELECT q FROM quiet) = 'on' \
+                 RETURNING j.id, j.kind, j.state, j.started_at, j.finished_at)",
+        crate::record_finished_cte!(),
+        " SELECT id FROM fin"
+    ))
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&states)
+    .bind(&phases)
+    .bind(&codes)
+    .bind(&messages)
+    .fetch_all(&mut *conn)
+    .await?;
+    if !done.is_empty() {
+        let payloads: Vec<String> = done.iter().map(|id| id.to_string()).collect();
+        // A finished batch job frees a max_parallel slot: wake every node's workers.
+        let wake_all = batch.iter().any(|c| c.batched && done.contains(&c.id));
+        sqlx::query(
+            "SELECT pg_notify($1, p) FROM unnest($2::text[]) p \
+             UNION ALL SELECT pg_notify($3, '*') WHERE $4",
+        )
+        .bind(super::events::STATE_CHANNEL)
+        .bind(&payloads)
+        .bind(INSERT_CHANNEL)
+        .bind(wake_all)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(done)
+}
+
 /// Write the outcome, fenced on the attempt. Ok(false): the job is no longer ours.
 async fn apply_outcome(
     conn: &mut PgConnection,
     id: JobId,
     attempt: i32,
-    batched: bool,
     outcome: &JobOutcome,
 ) -> Result<bool, sqlx::Error> {
     let (state, phase, code, message) = match outcome {
@@ -582,39 +741,6 @@ async fn apply_outcome(
             Some(message.as_str()),
         ),
     };
-    if !(state == JobState::Failed && batched) {
-        // The common path: finish and count in one statement (atomic on its own).
-        // The trigger's NOTIFY would hold a database-wide lock across this commit's WAL
-        // flush and serialise all finishing workers; `quiet` (evaluated before any row is
-        // updated, as the UPDATE's WHERE reads it) turns it off for this statement and the
-        // notifications are sent below, after the commit, where they cost no flush.
-        let row: Option<i32> = sqlx::query_scalar(concat!(
-            "WITH quiet AS (SELECT set_config('volsnap.quiet_notify', 'on', true) AS q), \
-             fin AS (UPDATE jobs SET state = $3, phase = $4, error_code = $5, \
-               error_message = $6, finished_at = clock_timestamp(), recovering = false \
-               WHERE id = $1 AND attempt = $2 AND state = 'running' \
-                 AND (SELECT q FROM quiet) = 'on' \
-               RETURNING kind, state, started_at, finished_at)",
-            crate::record_finished_cte!(),
-            " SELECT 1 FROM fin"
-        ))
-        .bind(id)
-        .bind(attempt)
-        .bind(state)
-        .bind(phase)
-        .bind(code)
-        .bind(message)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if row.is_some() {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(super::events::STATE_CHANNEL)
-                .bind(id.to_string())
-                .execute(&mut *conn)
-                .await?;
-        }
-        return Ok(row.is_some());
-    }
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let job = sqlx::query_as::<_, Job>(concat!(
         "UPDATE jobs SET state = $3, phase = $4, error_code = $5, error_message = $6, \

@@ -329,8 +329,12 @@ async fn main() {
     volsnap_shared::MIGRATOR.run(&pool).await.unwrap();
 
     pickup_latency(&pool).await;
-    throughput(&pool, &opts, 1, 8, 20_000).await;
-    throughput(&pool, &opts, 4, 8, 20_000).await;
+    let conc: usize = std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    throughput(&pool, &opts, 1, conc, 20_000).await;
+    throughput(&pool, &opts, 4, conc, 20_000).await;
     for lease in [1.0, 2.0, 4.0] {
         rescue_time(&pool, &url, lease, false).await;
     }
