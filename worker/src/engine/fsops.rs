@@ -55,8 +55,15 @@ pub fn read_marker(dir: &Path, job: JobId) -> io::Result<Option<Marker>> {
     }
 }
 
-/// Remove `dir/.volsnap-marker` (if present) and fsync `dir`.
+/// Remove `dir/.volsnap-marker` (if present) and fsync `dir`. A temp file left by a
+/// marker write that a crash interrupted ([`write_durably`]) goes too, so nothing of
+/// volsnap's stays in a live volume.
 pub fn clear_marker(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_file(dir.join(format!(".{MARKER}.tmp"))) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     match std::fs::remove_file(dir.join(MARKER)) {
         Ok(()) => fsync_dir(dir),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -208,8 +215,14 @@ mod tests {
         assert_eq!(read_marker(&a, job).unwrap().unwrap().role, Role::New);
         assert_eq!(read_marker(&b, job).unwrap().unwrap().role, Role::Old);
         assert_eq!(read_marker(&b, JobId::new()).unwrap(), None);
+        std::fs::write(a.join(format!(".{MARKER}.tmp")), b"half").unwrap();
         clear_marker(&a).unwrap();
         assert_eq!(read_marker(&a, job).unwrap(), None);
+        assert_eq!(
+            std::fs::read_dir(&a).unwrap().count(),
+            0,
+            "nothing of volsnap's is left"
+        );
         assert!(free_bytes(d.path()).unwrap() > 0);
     }
 }

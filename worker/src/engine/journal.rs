@@ -120,6 +120,25 @@ impl JournalDir {
         fsops::remove_file(&self.path(job))
     }
 
+    /// Temp files of journal rewrites a crash interrupted (the journal itself is intact:
+    /// the rename never happened).
+    pub fn remove_stale_temp_files(&self) -> io::Result<()> {
+        let rd = match std::fs::read_dir(&self.0) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for ent in rd {
+            let ent = ent?;
+            let name = ent.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.ends_with(".json.tmp") {
+                fsops::remove_file(&ent.path())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Jobs with a journal on this node.
     pub fn list(&self) -> io::Result<Vec<JobId>> {
         let mut out = vec![];

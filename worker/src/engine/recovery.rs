@@ -132,6 +132,7 @@ async fn without_journal(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Fail
 /// not locked by a live worker. Jobs still open in the database keep their `finished`
 /// journal until their recovering claim reports the outcome.
 pub async fn startup_sweep(eng: &Engine) -> anyhow::Result<()> {
+    eng.journals.remove_stale_temp_files()?;
     let ids = eng.journals.list()?;
     if !ids.is_empty() {
         tracing::warn!(
