@@ -296,3 +296,40 @@ async fn hostile_archive(_: PgPoolOptions, opts: PgConnectOptions) {
         }
     }
 }
+
+/// A capture whose volume directory does not exist fails (rather than recording an
+/// empty volume a later restore would wipe data with); its snapshot row is `failed`
+/// and no archive is left.
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn capture_of_a_missing_volume(_: PgPoolOptions, opts: PgConnectOptions) {
+    let env = env(opts).await;
+    let vols = vec![
+        vol(VolumeScope::Stage, "data", "/data"),
+        vol(VolumeScope::Stage, "never-created", "/other"),
+    ];
+    write_tree(&env.host_path(&vols[0]), 1, 1);
+    let w = env.add_workload(&vols, SourceKind::Image, false).await;
+    let worker = env.worker(None);
+    let (job, sid) = env.enqueue_capture(w).await;
+    let j = env.wait_final(job, Duration::from_secs(60)).await;
+    worker.stop();
+    assert_eq!(j.state, JobState::Failed, "{j:?}");
+    assert_eq!(j.error_code.as_deref(), Some("volume_source_missing"));
+    let state: String = sqlx::query_scalar("SELECT state FROM snapshots WHERE id = $1")
+        .bind(sid)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "failed");
+    assert!(
+        !env.snapshot_dir().join(w.to_string()).exists()
+            || std::fs::read_dir(env.snapshot_dir().join(w.to_string()))
+                .unwrap()
+                .count()
+                == 0
+    );
+    assert!(
+        !env.host_path(&vols[1]).exists(),
+        "capture never creates volume directories"
+    );
+}
