@@ -208,6 +208,11 @@ impl Env {
     /// The worker binary as a child process with short test intervals. Its log goes to
     /// `worker-<n>.log` in the test directory.
     pub fn worker(&self, crash_at: Option<&str>) -> Worker {
+        self.worker_with(crash_at, &[])
+    }
+
+    /// [`Env::worker`] with extra `run` flags.
+    pub fn worker_with(&self, crash_at: Option<&str>, extra: &[&str]) -> Worker {
         let n = self
             .worker_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -236,6 +241,7 @@ impl Env {
                 "--shutdown-grace-secs",
                 "30",
             ])
+            .args(extra)
             .env("RUST_LOG", "info,sqlx=warn")
             .env_remove("VOLSNAP_CRASH_AT")
             .stdout(Stdio::null())

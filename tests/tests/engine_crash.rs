@@ -19,6 +19,7 @@ use volsnap_shared::domain::{JobKind, JobState, SourceKind, VolumeScope, VolumeS
 
 const BIN: &str = env!("CARGO_BIN_EXE_volsnap-worker-fp");
 const TIMEOUT: Duration = Duration::from_secs(90);
+const RENAMES: &[&str] = &["--swap-mode", "renames"];
 
 fn points() -> Vec<String> {
     let out = Command::new(BIN).arg("failpoints").output().unwrap();
@@ -94,12 +95,12 @@ async fn restore_setup(
     )
 }
 
-async fn restore_crash(opts: PgConnectOptions, first: &str, second: Option<&str>) {
+async fn restore_crash(opts: PgConnectOptions, first: &str, second: Option<&str>, flags: &[&str]) {
     let (s, w, sid) = restore_setup(opts).await;
     let env = &s.env;
     let job = env.enqueue(JobKind::Restore, w, Some(sid)).await;
 
-    let mut w1 = env.worker(Some(first));
+    let mut w1 = env.worker_with(Some(first), flags);
     assert_aborted(&mut w1, first);
 
     let committed = index_of(first) >= index_of("restore.journal.committed");
@@ -126,11 +127,11 @@ async fn restore_crash(opts: PgConnectOptions, first: &str, second: Option<&str>
     }
 
     if let Some(p) = second {
-        let mut w2 = env.worker(Some(p));
+        let mut w2 = env.worker_with(Some(p), flags);
         assert_aborted(&mut w2, p);
     }
 
-    let w3 = env.worker(None);
+    let w3 = env.worker_with(None, flags);
     let j = env.wait_final(job, TIMEOUT).await;
     let hashes: Vec<String> = s
         .vols
@@ -251,11 +252,15 @@ async fn capture_crash(opts: PgConnectOptions, first: &str, second: Option<&str>
 async fn crash_at(opts: PgConnectOptions, point: &str) {
     match point {
         "recovery.capture" => capture_crash(opts, "capture.written", Some(point)).await,
-        "recovery.swapped_back" => restore_crash(opts, "restore.swapped", Some(point)).await,
-        "recovery.finished" => restore_crash(opts, "restore.started", Some(point)).await,
-        p if p.starts_with("recovery.") => restore_crash(opts, "restore.swap.first", Some(p)).await,
+        "recovery.swapped_back" => restore_crash(opts, "restore.swapped", Some(point), &[]).await,
+        "recovery.finished" => restore_crash(opts, "restore.started", Some(point), &[]).await,
+        p if p.starts_with("recovery.") => {
+            restore_crash(opts, "restore.swap.first", Some(p), &[]).await
+        }
         p if p.starts_with("capture.") => capture_crash(opts, p, None).await,
-        p => restore_crash(opts, p, None).await,
+        // The three-rename swap (what filesystems without RENAME_EXCHANGE get).
+        p if p.starts_with("swap.") => restore_crash(opts, p, None, RENAMES).await,
+        p => restore_crash(opts, p, None, &[]).await,
     }
 }
 
@@ -280,6 +285,8 @@ crash_tests! {
     crash_restore_stopped => "restore.stopped",
     crash_restore_journal_swapping => "restore.journal.swapping",
     crash_restore_marked => "restore.marked",
+    crash_swap_parked => "swap.parked",
+    crash_swap_placed => "swap.placed",
     crash_restore_swap_first => "restore.swap.first",
     crash_restore_swapped => "restore.swapped",
     crash_restore_journal_committed => "restore.journal.committed",
@@ -323,6 +330,20 @@ async fn crash_during_roll_forward_recovery(_: PgPoolOptions, opts: PgConnectOpt
         opts,
         "restore.journal.committed",
         Some("restore.archive.written"),
+        &[],
     )
     .await;
+}
+
+/// With the three-rename swap: crash after the first volume is in place, then crash
+/// again halfway through the rollback's own renames; a third worker settles both.
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn crash_during_rollback_by_renames(_: PgPoolOptions, opts: PgConnectOptions) {
+    restore_crash(opts, "swap.placed", Some("swap.parked"), RENAMES).await;
+}
+
+/// With the three-rename swap, a whole restore succeeds (recovery after the commit).
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn renames_swap_rolls_forward(_: PgPoolOptions, opts: PgConnectOptions) {
+    restore_crash(opts, "restore.journal.committed", None, RENAMES).await;
 }

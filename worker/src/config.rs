@@ -110,6 +110,11 @@ pub struct RunArgs {
     /// How long a redeploy waits for containers to be running (and healthy), seconds.
     #[arg(long, env = "VOLSNAP_REDEPLOY_TIMEOUT_SECS", default_value_t = 120.0)]
     pub redeploy_timeout_secs: f64,
+    /// How a volume and its staged copy trade places: `exchange` (one atomic
+    /// renameat2(RENAME_EXCHANGE); three renames where unsupported) or `renames` (always
+    /// the journaled three-rename path).
+    #[arg(long, env = "VOLSNAP_SWAP_MODE", value_enum, default_value_t = crate::engine::swap::SwapMode::Exchange)]
+    pub swap_mode: crate::engine::swap::SwapMode,
     /// gzip level (0-9) of captured snapshots.
     #[arg(long, env = "VOLSNAP_CAPTURE_GZIP_LEVEL", default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=9))]
     pub capture_gzip_level: u32,
@@ -132,6 +137,7 @@ impl RunArgs {
         );
         cfg.stop_timeout = Duration::from_secs(self.docker_stop_timeout_secs);
         cfg.start_timeout = Duration::from_secs_f64(self.redeploy_timeout_secs.max(0.1));
+        cfg.swap_mode = self.swap_mode;
         cfg.capture_gzip_level = self.capture_gzip_level;
         cfg.pre_restore_gzip_level = self.pre_restore_gzip_level;
         cfg.deletion_sweep = (self.deletion_sweep_secs > 0.0)

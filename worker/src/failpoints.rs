@@ -16,6 +16,8 @@ pub const POINTS: &[&str] = &[
     "restore.stopped",
     "restore.journal.swapping",
     "restore.marked",
+    "swap.parked",
+    "swap.placed",
     "restore.swap.first",
     "restore.swapped",
     "restore.journal.committed",

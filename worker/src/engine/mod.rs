@@ -49,6 +49,8 @@ pub struct EngineConfig {
     pub deletion_sweep: Option<Duration>,
     /// Caps for every archive read or written.
     pub limits: archive::Limits,
+    /// How volumes are swapped (the three-rename fallback can be forced).
+    pub swap_mode: swap::SwapMode,
     /// gzip level of manual captures.
     pub capture_gzip_level: u32,
     /// gzip level of the pre-restore copy (archived after the app is back; the job and
@@ -72,6 +74,7 @@ impl EngineConfig {
             start_timeout: Duration::from_secs(120),
             deletion_sweep: Some(Duration::from_secs(30)),
             limits: archive::Limits::default(),
+            swap_mode: swap::SwapMode::Exchange,
             capture_gzip_level: 6,
             pre_restore_gzip_level: 1,
         }

@@ -558,11 +558,11 @@ async fn quiesce_and_swap(eng: &Engine, ctx: &JobContext, j: &mut Journal) -> Re
     write_journal(eng, j).await?;
     crash_point!("restore.journal.swapping");
     let volumes = j.volumes.clone();
-    let job = j.job_id;
+    let (job, mode) = (j.job_id, eng.cfg.swap_mode);
     blocking(move || {
         swap::mark_targets_old(&volumes, job).map_err(|e| Failure::io("marking the volumes", e))?;
         crash_point!("restore.marked");
-        swap::swap_in(&volumes, job).map_err(|e| Failure::io("swapping the volumes", e))?;
+        swap::swap_in(&volumes, job, mode).map_err(|e| Failure::io("swapping the volumes", e))?;
         crash_point!("restore.swapped");
         Ok(())
     })
@@ -577,9 +577,9 @@ async fn quiesce_and_swap(eng: &Engine, ctx: &JobContext, j: &mut Journal) -> Re
 /// start the containers that were running. Idempotent.
 pub async fn roll_back(eng: &Engine, j: &mut Journal) -> Result<(), Failure> {
     let volumes = j.volumes.clone();
-    let job = j.job_id;
+    let (job, mode) = (j.job_id, eng.cfg.swap_mode);
     blocking(move || {
-        swap::swap_back(&volumes, job).map_err(|e| Failure::io("rolling the volumes back", e))
+        swap::swap_back(&volumes, job, mode).map_err(|e| Failure::io("rolling the volumes back", e))
     })
     .await?;
     crash_point!("recovery.rolled_back");

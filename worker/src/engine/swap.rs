@@ -62,18 +62,36 @@ pub fn settle(v: &PlannedVolume, job: JobId) -> io::Result<()> {
     fsops::fsync_dir(parent)
 }
 
-fn exchange_or_fallback(v: &PlannedVolume) -> io::Result<()> {
-    match fsops::exchange(&v.side, &v.target) {
-        Ok(()) => Ok(()),
-        Err(e) if fsops::exchange_unsupported(&e) => {
-            tracing::warn!(target = %v.target.display(), "RENAME_EXCHANGE unsupported here: using three renames");
-            let park = parking(v);
-            std::fs::rename(&v.target, &park)?;
-            std::fs::rename(&v.side, &v.target)?;
-            std::fs::rename(&park, &v.side)
+/// How target and side directory trade places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SwapMode {
+    /// One `renameat2(RENAME_EXCHANGE)`; three renames where the filesystem lacks it.
+    #[default]
+    Exchange,
+    /// Always three renames through `<side>.swap` (what filesystems without
+    /// `RENAME_EXCHANGE` get; selectable to exercise that path).
+    Renames,
+}
+
+fn exchange_or_fallback(v: &PlannedVolume, mode: SwapMode) -> io::Result<()> {
+    if mode == SwapMode::Exchange {
+        match fsops::exchange(&v.side, &v.target) {
+            Ok(()) => return Ok(()),
+            Err(e) if fsops::exchange_unsupported(&e) => {
+                tracing::warn!(target = %v.target.display(), "RENAME_EXCHANGE unsupported here: using three renames");
+            }
+            Err(e) => return Err(e),
         }
-        Err(e) => Err(e),
     }
+    let park = parking(v);
+    let parent = fsops::parent(&v.target);
+    std::fs::rename(&v.target, &park)?;
+    fsops::fsync_dir(parent)?;
+    crash_point!("swap.parked");
+    std::fs::rename(&v.side, &v.target)?;
+    fsops::fsync_dir(parent)?;
+    crash_point!("swap.placed");
+    std::fs::rename(&park, &v.side)
 }
 
 /// Mark every target as holding the old data (creating a missing target empty).
@@ -99,13 +117,13 @@ pub fn mark_targets_old(volumes: &[PlannedVolume], job: JobId) -> io::Result<()>
 }
 
 /// Put the new data in place of every target that does not hold it yet.
-pub fn swap_in(volumes: &[PlannedVolume], job: JobId) -> io::Result<()> {
+pub fn swap_in(volumes: &[PlannedVolume], job: JobId, mode: SwapMode) -> io::Result<()> {
     for (i, v) in volumes.iter().enumerate() {
         settle(v, job)?;
         match (role(&v.target, job)?, role(&v.side, job)?) {
             (Some(Role::New), _) => continue,
             (_, Some(Role::New)) => {
-                exchange_or_fallback(v)?;
+                exchange_or_fallback(v, mode)?;
                 fsops::fsync_dir(fsops::parent(&v.target))?;
             }
             _ => {
@@ -124,7 +142,7 @@ pub fn swap_in(volumes: &[PlannedVolume], job: JobId) -> io::Result<()> {
 
 /// Put the old data back in place of every target that holds the new data, then
 /// remove the markers from the targets and the staging (new) data.
-pub fn swap_back(volumes: &[PlannedVolume], job: JobId) -> io::Result<()> {
+pub fn swap_back(volumes: &[PlannedVolume], job: JobId, mode: SwapMode) -> io::Result<()> {
     for v in volumes.iter().rev() {
         settle(v, job)?;
         if role(&v.target, job)? == Some(Role::New) {
@@ -134,7 +152,7 @@ pub fn swap_back(volumes: &[PlannedVolume], job: JobId) -> io::Result<()> {
                     "the target is swapped but the old data is not beside it",
                 ));
             }
-            exchange_or_fallback(v)?;
+            exchange_or_fallback(v, mode)?;
             fsops::fsync_dir(fsops::parent(&v.target))?;
             crash_point!("recovery.swapped_back");
         }
@@ -249,11 +267,11 @@ mod tests {
         let v = setup(d.path(), job);
         let vols = vec![v.clone()];
         mark_targets_old(&vols, job).unwrap();
-        swap_in(&vols, job).unwrap();
-        swap_in(&vols, job).unwrap(); // idempotent
+        swap_in(&vols, job, SwapMode::Exchange).unwrap();
+        swap_in(&vols, job, SwapMode::Exchange).unwrap(); // idempotent
         assert_eq!(content(&v.target), "new");
-        swap_back(&vols, job).unwrap();
-        swap_back(&vols, job).unwrap(); // idempotent
+        swap_back(&vols, job, SwapMode::Exchange).unwrap();
+        swap_back(&vols, job, SwapMode::Exchange).unwrap(); // idempotent
         assert_eq!(content(&v.target), "old");
         assert!(!fsops::exists(&v.side));
         assert!(!fsops::exists(&v.target.join(fsops::MARKER)));
@@ -266,7 +284,7 @@ mod tests {
         let v = setup(d.path(), job);
         let vols = vec![v.clone()];
         mark_targets_old(&vols, job).unwrap();
-        swap_in(&vols, job).unwrap();
+        swap_in(&vols, job, SwapMode::Exchange).unwrap();
         clear_targets(&vols, job).unwrap();
         assert_eq!(content(&v.side), "old");
         remove_backups(&vols, job).unwrap();
@@ -296,6 +314,21 @@ mod tests {
         assert_eq!(content(&v.target), "new");
         assert_eq!(content(&v.side), "old");
         assert_eq!(role(&v.side, job).unwrap(), Some(Role::Old));
+    }
+
+    #[test]
+    fn three_renames_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let job = JobId::new();
+        let v = setup(d.path(), job);
+        let vols = vec![v.clone()];
+        mark_targets_old(&vols, job).unwrap();
+        swap_in(&vols, job, SwapMode::Renames).unwrap();
+        assert_eq!(content(&v.target), "new");
+        assert_eq!(content(&v.side), "old");
+        swap_back(&vols, job, SwapMode::Renames).unwrap();
+        assert_eq!(content(&v.target), "old");
+        assert!(!fsops::exists(&v.side) && !fsops::exists(&parking(&v)));
     }
 
     #[test]
