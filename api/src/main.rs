@@ -6,7 +6,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use volsnap_api::{Limits, ServeConfig};
 use volsnap_shared::db;
 use volsnap_shared::domain::Role;
@@ -15,9 +14,21 @@ use volsnap_shared::domain::Role;
 #[derive(Debug, Parser)]
 #[command(name = "volsnap-api", version)]
 struct Cli {
-    /// PostgreSQL connection URL.
+    /// PostgreSQL connection URL. When unset, a private PostgreSQL cluster is started
+    /// (once) under `$VOLSNAP_STATE_DIR/postgres` and used — the embedded default for
+    /// trying volsnap out on one machine.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
+
+    /// volsnap's state directory (the embedded PostgreSQL lives here when DATABASE_URL
+    /// is unset).
+    #[arg(
+        long,
+        env = "VOLSNAP_STATE_DIR",
+        global = true,
+        default_value = "/var/lib/volsnap"
+    )]
+    state_dir: std::path::PathBuf,
 
     /// Most database connections this process opens.
     #[arg(
@@ -94,16 +105,13 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let url = cli
-        .database_url
-        .clone()
-        .context("DATABASE_URL is not set (flag --database-url or environment)")?;
-    let pool = PgPoolOptions::new()
-        .max_connections(cli.db_max_connections)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(&url)
-        .await
-        .context("connecting to the database")?;
+    let pool = volsnap_shared::database::connect(
+        cli.database_url.as_deref(),
+        &cli.state_dir,
+        cli.db_max_connections,
+    )
+    .await
+    .context("connecting to the database")?;
     match cli.command {
         None => serve(pool, cli.serve).await,
         Some(Command::Serve(args)) => serve(pool, args).await,
