@@ -64,6 +64,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("starting the engine")?;
 
     let shutdown = CancellationToken::new();
+    if let Some(addr) = args.metrics_addr {
+        let bound = crate::metrics::serve(
+            addr,
+            queue_cfg.node.clone(),
+            queue_cfg.status.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .with_context(|| format!("binding the metrics address {addr}"))?;
+        tracing::info!(addr = %bound, "worker metrics on /metrics");
+    }
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move {

@@ -6,3 +6,4 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod failpoints;
+pub mod metrics;

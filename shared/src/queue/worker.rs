@@ -41,6 +41,19 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Finished jobs older than this are deleted (None: never).
     pub prune_after: Option<Duration>,
+    /// What the runner reports about itself (for the worker's own metrics endpoint).
+    pub status: Arc<WorkerStatus>,
+}
+
+/// Live facts about a running agent, updated by the runner.
+#[derive(Debug, Default)]
+pub struct WorkerStatus {
+    /// Unix time (ms) of the last heartbeat the database accepted; 0 before the first.
+    pub last_heartbeat_ms: std::sync::atomic::AtomicU64,
+    /// Jobs running in this process now.
+    pub running_jobs: std::sync::atomic::AtomicUsize,
+    /// Jobs this process finished (any outcome) since it started.
+    pub jobs_done: std::sync::atomic::AtomicU64,
 }
 
 impl WorkerConfig {
@@ -60,6 +73,7 @@ impl WorkerConfig {
             poll_interval: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(600),
             prune_after: Some(Duration::from_secs(30 * 24 * 3600)),
+            status: Arc::default(),
         }
     }
 }
@@ -315,9 +329,10 @@ pub async fn run<H: JobHandler>(
                         let (handler, running, pool) =
                             (handler.clone(), running.clone(), pool.clone());
                         let completer = completer.clone();
+                        let status = cfg.status.clone();
                         let id = ctx.job.id;
                         tasks.spawn(async move {
-                            match run_one(pool, handler, running, completer, ctx).await {
+                            match run_one(pool, handler, running, completer, status, ctx).await {
                                 Ok(busy) => busy.then_some(id),
                                 Err(e) => {
                                     tracing::error!(job_id = %id, error = ?e, "running a job failed at the queue level");
@@ -498,6 +513,7 @@ async fn run_one<H: JobHandler>(
     handler: Arc<H>,
     running: Running,
     completer: Completer,
+    status: Arc<WorkerStatus>,
     ctx: JobContext,
 ) -> Result<bool, sqlx::Error> {
     let (id, attempt, batched) = (ctx.job.id, ctx.job.attempt, ctx.job.batch_id.is_some());
@@ -526,6 +542,9 @@ async fn run_one<H: JobHandler>(
         .lock()
         .expect("running map")
         .insert(id, (attempt, ctx.lease_lost.clone()));
+    status
+        .running_jobs
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let span = tracing::info_span!("job", job_id = %id, kind = %ctx.job.kind, attempt);
     let outcome = {
         use tracing::Instrument as _;
@@ -546,6 +565,12 @@ async fn run_one<H: JobHandler>(
         None => apply_outcome(&mut lock_conn, id, attempt, &outcome).await,
     };
     running.lock().expect("running map").remove(&id);
+    status
+        .running_jobs
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    status
+        .jobs_done
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let unlocked: Result<bool, _> = sqlx::query_scalar("SELECT pg_advisory_unlock($1, $2)")
         .bind(ADVISORY_LOCK_CLASS)
         .bind(key)
@@ -853,6 +878,12 @@ async fn heartbeat_loop(
         match res {
             Ok(alive) => {
                 last_ok = Instant::now();
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                cfg.status
+                    .last_heartbeat_ms
+                    .store(now_ms, std::sync::atomic::Ordering::Relaxed);
                 for (id, _, token) in &snapshot {
                     if !alive.contains(id) && running.lock().expect("running map").contains_key(id)
                     {
