@@ -170,6 +170,26 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    // Profiling aid: extract one existing archive (e.g. under `perf record`) and stop.
+    if let Ok(archive) = std::env::var("VOLSNAP_BENCH_EXTRACT_ONLY") {
+        let out = PathBuf::from(format!("{archive}.x"));
+        rm(&out);
+        let map = BTreeMap::from([(0u32, out.clone())]);
+        let opts = ExtractOptions {
+            fsync: false,
+            ..ExtractOptions::default()
+        };
+        let (t, c0) = (Instant::now(), cpu());
+        let s = extract_file(Path::new(&archive), &map, &opts, &mut |_, _| {}).unwrap();
+        println!(
+            "extracted {} entries in {:.2?}, {:.2} CPU s",
+            s.stats.entries,
+            t.elapsed(),
+            cpu() - c0
+        );
+        rm(&out);
+        return;
+    }
     let base = std::env::var("VOLSNAP_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.volsnap/bench"));

@@ -53,7 +53,10 @@ fn check_sentinel(root: &Path) {
     assert_eq!(names, ["parent", "sentinel"]);
     let s: Vec<_> = std::fs::read_dir(root.join("sentinel")).unwrap().collect();
     assert_eq!(s.len(), 1);
-    assert_eq!(std::fs::read(root.join("sentinel/victim")).unwrap(), b"original");
+    assert_eq!(
+        std::fs::read(root.join("sentinel/victim")).unwrap(),
+        b"original"
+    );
     assert_eq!(std::fs::read_dir(root.join("parent")).unwrap().count(), 0);
 }
 
