@@ -606,3 +606,117 @@ async fn schema_check_refuses_a_database_that_is_behind(pool: PgPool) {
         .unwrap_err();
     assert!(err.to_string().contains("volsnap-api migrate"), "{err}");
 }
+
+/// Two workloads whose ids fold to the same advisory-lock key, both queued on one
+/// worker: the process's shared lock connection must not grant the key twice (session
+/// locks are re-entrant), so their jobs run one after the other.
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn one_process_never_holds_a_lock_key_twice(pool: PgPool) {
+    struct Spans(Mutex<Vec<(Instant, Instant)>>);
+    impl JobHandler for Spans {
+        async fn startup_recovery(&self) -> anyhow::Result<()> {
+            Ok(())
+        }
+        async fn run(&self, _ctx: JobContext) -> JobOutcome {
+            let start = Instant::now();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            self.0.lock().unwrap().push((start, Instant::now()));
+            JobOutcome::Succeeded
+        }
+    }
+    let w1 = workload(&pool, "n1").await;
+    // Flip the same bit in two 32-bit chunks: the folded key stays the same.
+    let w2 = WorkloadId(uuid::Uuid::from_u128(
+        w1.0.as_u128() ^ (1u128 << 100) ^ (1u128 << 68),
+    ));
+    assert_eq!(queue::workload_lock_key(w1), queue::workload_lock_key(w2));
+    sqlx::query(
+        "INSERT INTO workloads (id, name, project, stage, node, source_kind, image) \
+         VALUES ($1, 'twin', 'p', 's', 'n1', 'image', 'busybox')",
+    )
+    .bind(w2)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let j1 = enqueue(&pool, &new_job(w1, "n1")).await.unwrap();
+    let j2 = enqueue(&pool, &new_job(w2, "n1")).await.unwrap();
+    let spans = Arc::new(Spans(Mutex::default()));
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(run(
+        pool.clone(),
+        fast_config("n1"),
+        spans.clone(),
+        stop.clone(),
+    ));
+    wait_for("both done", Duration::from_secs(20), || async {
+        job_state(&pool, j1).await == JobState::Succeeded
+            && job_state(&pool, j2).await == JobState::Succeeded
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    let s = spans.0.lock().unwrap();
+    assert_eq!(s.len(), 2);
+    let overlap = s[0].0 < s[1].1 && s[1].0 < s[0].1;
+    assert!(!overlap, "two jobs with one lock key ran at once: {s:?}");
+}
+
+/// If the connection holding the workload locks dies, every job holding a lock is told
+/// its lease is lost.
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn losing_the_lock_connection_loses_the_lease(pool: PgPool) {
+    struct Watch(Mutex<Option<bool>>);
+    impl JobHandler for Watch {
+        async fn startup_recovery(&self) -> anyhow::Result<()> {
+            Ok(())
+        }
+        async fn run(&self, ctx: JobContext) -> JobOutcome {
+            let lost = tokio::time::timeout(Duration::from_secs(10), ctx.lease_lost.cancelled())
+                .await
+                .is_ok();
+            *self.0.lock().unwrap() = Some(lost);
+            JobOutcome::Abandon
+        }
+    }
+    let w = workload(&pool, "n1").await;
+    let id = enqueue(&pool, &new_job(w, "n1")).await.unwrap();
+    let watch = Arc::new(Watch(Mutex::default()));
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(run(
+        pool.clone(),
+        fast_config("n1"),
+        watch.clone(),
+        stop.clone(),
+    ));
+    wait_for("lock taken", Duration::from_secs(10), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        n == 1
+    })
+    .await;
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // The lock holder checks its connection every second while it holds locks.
+    wait_for("handler saw the loss", Duration::from_secs(15), || async {
+        watch.0.lock().unwrap().is_some()
+    })
+    .await;
+    assert_eq!(
+        *watch.0.lock().unwrap(),
+        Some(true),
+        "the job was not told its lock was gone"
+    );
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    let _ = id;
+}

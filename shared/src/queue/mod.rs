@@ -13,6 +13,7 @@
 //! The state diagram is in `docs/queue.md`.
 
 pub mod events;
+mod locks;
 pub mod stats;
 pub mod worker;
 

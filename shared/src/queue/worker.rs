@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
-use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
@@ -19,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::events::{INSERT_CHANNEL, spawn_listener};
+use super::locks::Locks;
 use super::{ADVISORY_LOCK_CLASS, QueueError, stats, workload_lock_key};
 use crate::domain::{Job, JobState};
 use crate::ids::{JobId, SnapshotId};
@@ -78,9 +78,9 @@ impl WorkerConfig {
     }
 }
 
-/// The smallest pool a worker with `concurrency` slots can run on: each running job
-/// pins one connection (its workload lock) and the handler's own queries, claims,
-/// heartbeats and the completer need a few more.
+/// The smallest pool a worker with `concurrency` slots can run on: the lock holder
+/// keeps one connection; claims, heartbeats, the completer and each running handler's
+/// own queries share the rest.
 pub fn min_pool_size(concurrency: usize) -> u32 {
     concurrency as u32 + 4
 }
@@ -284,6 +284,7 @@ pub async fn run<H: JobHandler>(
         .subscribe();
     let running: Running = Arc::default();
     let (completer, completer_task) = Completer::start(pool.clone());
+    let (locks, locks_task) = Locks::start(pool.clone());
     let hb = tokio::spawn(heartbeat_loop(
         pool.clone(),
         cfg.clone(),
@@ -330,9 +331,10 @@ pub async fn run<H: JobHandler>(
                             (handler.clone(), running.clone(), pool.clone());
                         let completer = completer.clone();
                         let status = cfg.status.clone();
+                        let locks = locks.clone();
                         let id = ctx.job.id;
                         tasks.spawn(async move {
-                            match run_one(pool, handler, running, completer, status, ctx).await {
+                            match run_one(pool, handler, running, completer, locks, status, ctx).await {
                                 Ok(busy) => busy.then_some(id),
                                 Err(e) => {
                                     tracing::error!(job_id = %id, error = ?e, "running a job failed at the queue level");
@@ -395,6 +397,8 @@ pub async fn run<H: JobHandler>(
     bg_stop.cancel();
     drop(completer);
     let _ = completer_task.await;
+    drop(locks);
+    let _ = locks_task.await;
     let _ = hb.await;
     let _ = maint.await;
     let _ = sqlx::query("UPDATE workers SET stopped_at = now() WHERE id = $1")
@@ -513,17 +517,13 @@ async fn run_one<H: JobHandler>(
     handler: Arc<H>,
     running: Running,
     completer: Completer,
+    locks: Locks,
     status: Arc<WorkerStatus>,
     ctx: JobContext,
 ) -> Result<bool, sqlx::Error> {
     let (id, attempt, batched) = (ctx.job.id, ctx.job.attempt, ctx.job.batch_id.is_some());
     let key = workload_lock_key(ctx.job.workload_id);
-    let mut lock_conn: PoolConnection<Postgres> = pool.acquire().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-        .bind(ADVISORY_LOCK_CLASS)
-        .bind(key)
-        .fetch_one(&mut *lock_conn)
-        .await?;
+    let locked = locks.try_lock(key, ctx.lease_lost.clone()).await?;
     if !locked {
         // Someone (a stalled predecessor still connected) holds the workload: hand the
         // job back untouched and let the rescuer sort the predecessor out.
@@ -534,7 +534,7 @@ async fn run_one<H: JobHandler>(
         )
         .bind(id)
         .bind(attempt)
-        .execute(&mut *lock_conn)
+        .execute(&pool)
         .await?;
         return Ok(true);
     }
@@ -558,11 +558,14 @@ async fn run_one<H: JobHandler>(
         JobOutcome::RequeueForRecovery
     });
     // Plain finishes go through the completer (many jobs, one commit); the rest — and
-    // a batch job's failure, which may stop its batch — are written here, on the
-    // connection that holds the lock.
+    // a batch job's failure, which may stop its batch — are written here. Either way
+    // before the workload lock is released.
     let applied = match completer.finish(id, attempt, batched, &outcome).await {
         Some(r) => r,
-        None => apply_outcome(&mut lock_conn, id, attempt, &outcome).await,
+        None => match pool.acquire().await {
+            Ok(mut conn) => apply_outcome(&mut conn, id, attempt, &outcome).await,
+            Err(e) => Err(e),
+        },
     };
     running.lock().expect("running map").remove(&id);
     status
@@ -571,14 +574,9 @@ async fn run_one<H: JobHandler>(
     status
         .jobs_done
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let unlocked: Result<bool, _> = sqlx::query_scalar("SELECT pg_advisory_unlock($1, $2)")
-        .bind(ADVISORY_LOCK_CLASS)
-        .bind(key)
-        .fetch_one(&mut *lock_conn)
-        .await;
-    if !matches!(unlocked, Ok(true)) {
-        // Never return a connection that might still hold the lock to the pool.
-        lock_conn.detach();
+    if let Err(e) = locks.unlock(key).await {
+        // The lock connection broke: the lock is gone with it (and its jobs were told).
+        tracing::warn!(job_id = %id, error = %e, "releasing the workload lock failed");
     }
     if !applied? && outcome != JobOutcome::Abandon {
         tracing::warn!(job_id = %id, ?outcome, "job outcome not recorded: lease was lost");
