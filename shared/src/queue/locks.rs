@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::ADVISORY_LOCK_CLASS;
 
+type LockReply = oneshot::Sender<Result<bool, LockError>>;
+type UnlockReply = oneshot::Sender<Result<(), LockError>>;
+
 enum Request {
     Lock(
         i32,
@@ -121,12 +124,8 @@ async fn holder(pool: PgPool, mut rx: mpsc::Receiver<Request>) {
             }
         }
         let c = conn.as_mut().expect("connected");
-        let mut unlocks: Vec<(i32, oneshot::Sender<Result<(), LockError>>)> = vec![];
-        let mut locks: Vec<(
-            i32,
-            CancellationToken,
-            oneshot::Sender<Result<bool, LockError>>,
-        )> = vec![];
+        let mut unlocks: Vec<(i32, UnlockReply)> = vec![];
+        let mut locks: Vec<(i32, CancellationToken, LockReply)> = vec![];
         for r in batch.drain(..) {
             match r {
                 Request::Unlock(k, tx) => unlocks.push((k, tx)),
@@ -159,12 +158,8 @@ async fn holder(pool: PgPool, mut rx: mpsc::Receiver<Request>) {
 async fn run_batch(
     c: &mut PgConnection,
     held: &mut HashMap<i32, CancellationToken>,
-    unlocks: &mut Vec<(i32, oneshot::Sender<Result<(), LockError>>)>,
-    locks: &mut Vec<(
-        i32,
-        CancellationToken,
-        oneshot::Sender<Result<bool, LockError>>,
-    )>,
+    unlocks: &mut Vec<(i32, UnlockReply)>,
+    locks: &mut Vec<(i32, CancellationToken, LockReply)>,
 ) -> Result<(), sqlx::Error> {
     if !unlocks.is_empty() {
         let keys: Vec<i32> = unlocks
