@@ -394,7 +394,7 @@ fn scan_volume(
 /// total. The output is one gzip member; its SHA-256 and size are returned.
 ///
 /// Blocking; call it from a blocking context.
-#[tracing::instrument(skip_all, fields(workload_id, volumes = volumes.len()))]
+#[tracing::instrument(skip_all, fields(workload_id = %workload_id, volumes = volumes.len()))]
 pub fn write_archive<W: Write + Send>(
     out: W,
     workload_id: &str,
@@ -481,12 +481,10 @@ pub fn write_archive<W: Write + Send>(
             em.flush()?;
             Ok(())
         })();
-        let progress_done = em.done;
         drop(em);
         match result {
             Ok(()) => {
                 let (sha, size, _out) = deflater.finish()?;
-                let _ = progress_done;
                 Ok((sha, size))
             }
             Err(Emit::Archive(e)) => {
