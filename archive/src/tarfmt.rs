@@ -764,3 +764,36 @@ mod tests {
         assert!(Pax::parse(b"22 GNU.sparse.major=1\n").unwrap().sparse);
     }
 }
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::*;
+
+    struct Once(Option<Vec<u8>>);
+    impl ChunkSource for Once {
+        fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, ArchiveError> {
+            Ok(self.0.take())
+        }
+    }
+
+    #[test]
+    fn ustar_prefix_field_is_joined() {
+        // Another tool's ustar header: a 150-byte path split into prefix + name.
+        let path = format!("volumes/0/{}/file", "p".repeat(135));
+        let mut h = tar::Header::new_ustar();
+        h.set_path(&path).unwrap();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_cksum();
+        assert_ne!(
+            h.as_ustar().unwrap().prefix[0],
+            0,
+            "the tar crate used the prefix"
+        );
+        let mut bytes = h.as_bytes().to_vec();
+        bytes.extend_from_slice(&[0u8; 1024]);
+        let mut ts = TarStream::new(Once(Some(bytes)));
+        let e = ts.next_entry(&Limits::default()).unwrap().unwrap();
+        assert_eq!(e.name, path.as_bytes());
+    }
+}
