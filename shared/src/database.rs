@@ -61,26 +61,17 @@ pub async fn connect(
 
 /// Refuse to run against a schema that is behind (or ahead of) this build.
 pub async fn ensure_migrated(pool: &PgPool) -> Result<(), DatabaseError> {
-    let known: Vec<i64> = crate::MIGRATOR.iter().map(|m| m.version).collect();
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-        .fetch_one(pool)
+    let status = crate::db::schema::status(pool)
         .await
         .map_err(DatabaseError::Inspect)?;
-    let applied: Vec<i64> = if exists {
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(pool)
-            .await
-            .map_err(DatabaseError::Inspect)?
-    } else {
-        vec![]
-    };
-    if let Some(v) = applied.iter().find(|v| !known.contains(v)) {
+    if let Some(v) = status.unknown.first() {
         return Err(DatabaseError::UnknownMigration(*v));
     }
-    if applied.len() < known.len() {
+    if !status.is_current() {
+        let known = crate::MIGRATOR.iter().count();
         return Err(DatabaseError::MigrationsBehind {
-            applied: applied.len(),
-            known: known.len(),
+            applied: known - status.pending.len(),
+            known,
         });
     }
     Ok(())

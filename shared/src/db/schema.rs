@@ -8,6 +8,9 @@ use sqlx::PgPool;
 pub struct SchemaStatus {
     /// Versions this binary knows that the database has not applied (successfully).
     pub pending: Vec<i64>,
+    /// Versions the database has applied that this binary does not know (a newer build
+    /// migrated it).
+    pub unknown: Vec<i64>,
 }
 
 impl SchemaStatus {
@@ -29,11 +32,16 @@ pub async fn status(pool: &PgPool) -> Result<SchemaStatus, sqlx::Error> {
     } else {
         Vec::new()
     };
-    let pending = crate::MIGRATOR
+    let known: Vec<i64> = crate::MIGRATOR
         .iter()
         .filter(|m| !m.migration_type.is_down_migration())
         .map(|m| m.version)
+        .collect();
+    let pending = known
+        .iter()
+        .copied()
         .filter(|v| !applied.contains(v))
         .collect();
-    Ok(SchemaStatus { pending })
+    let unknown = applied.into_iter().filter(|v| !known.contains(v)).collect();
+    Ok(SchemaStatus { pending, unknown })
 }
