@@ -815,18 +815,22 @@ async fn stop_batch_after_failures(
     if failed < i64::from(limit) {
         return Ok(());
     }
-    let cancelled = sqlx::query_as::<_, Job>(concat!("UPDATE jobs SET state = 'cancelled', phase = 'cancelled', finished_at = clock_timestamp(), \
-         error_message = 'batch stopped after ' || $2 || ' failed jobs' \
-         WHERE batch_id = $1 AND state = 'queued' RETURNING ", crate::job_columns!(), ""))
+    // Cancel and count them in one statement (the counter CTE takes any number of rows).
+    let cancelled: i64 = sqlx::query_scalar(concat!(
+        "WITH fin AS (UPDATE jobs SET state = 'cancelled', phase = 'cancelled', \
+           finished_at = clock_timestamp(), \
+           error_message = 'batch stopped after ' || $2 || ' failed jobs' \
+           WHERE batch_id = $1 AND state = 'queued' \
+           RETURNING kind, state, started_at, finished_at)",
+        crate::record_finished_cte!(),
+        " SELECT count(*) FROM fin"
+    ))
     .bind(batch_id)
     .bind(limit)
-    .fetch_all(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
-    for job in &cancelled {
-        stats::record_finished(conn, job).await?;
-    }
-    if !cancelled.is_empty() {
-        tracing::warn!(%batch_id, cancelled = cancelled.len(), failed, "batch stopped after failures");
+    if cancelled > 0 {
+        tracing::warn!(%batch_id, cancelled, failed, "batch stopped after failures");
     }
     Ok(())
 }
