@@ -1,5 +1,5 @@
-//! volsnap-api: the control plane. HTTP API, auth, validation, enqueue, job status and
-//! `/metrics`. It touches Postgres only — never volumes, never Docker.
+//! volsnap-api: the control plane. HTTP API, web UI, auth, validation, enqueue, job
+//! status and `/metrics`. It touches Postgres only — never volumes, never Docker.
 //!
 //! [`app`] builds the router around one [`AppState`]; [`build`] binds a listener (port 0
 //! in tests) and reports the bound address, so tests start the real thing.
@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod ops;
 pub mod restores;
 pub mod snapshots;
+pub mod ui;
 pub mod validate;
 pub mod workloads;
 
@@ -113,7 +114,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
 pub fn app(state: AppState) -> Router {
     let (api, mut doc) = api_routes().split_for_parts();
     let api = api.route_layer(from_fn_with_state(state.clone(), auth::require_token));
-    let (public, public_doc) = ops::router().split_for_parts();
+    let (public, public_doc) = ops::router().merge(ui::router()).split_for_parts();
     doc.merge(public_doc);
     Router::new()
         .merge(api)

@@ -1,9 +1,9 @@
-//! Unauthenticated operational routes: liveness, readiness, metrics, the placeholder
-//! UI page, and the JSON answers for unknown routes and methods.
+//! Unauthenticated operational routes: liveness, readiness, metrics, and the JSON
+//! answers for unknown routes and methods. The web UI at `/` is [`crate::ui`].
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -18,7 +18,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))
-        .routes(routes!(index))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -80,28 +79,6 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, Error> {
     )
         .into_response())
 }
-
-/// The web UI's place. Until the UI exists this page says so and points at the API.
-#[utoipa::path(get, path = "/", tag = "ops", security(()),
-    responses((status = 200, description = "HTML page", content_type = "text/html", body = String)))]
-async fn index() -> Html<&'static str> {
-    Html(INDEX_HTML)
-}
-
-const INDEX_HTML: &str = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>volsnap</title></head>
-<body>
-<h1>volsnap</h1>
-<p>The web UI is not built yet. This server speaks the volsnap HTTP API:</p>
-<ul>
-<li><a href="/api/openapi.json">/api/openapi.json</a> — the API's OpenAPI description</li>
-<li><a href="/healthz">/healthz</a>, <a href="/readyz">/readyz</a> — liveness and readiness</li>
-<li><a href="/metrics">/metrics</a> — Prometheus metrics</li>
-</ul>
-<p>Every <code>/api</code> route needs <code>Authorization: Bearer &lt;token&gt;</code>;
-make one with <code>volsnap-api token create --name NAME --role admin|viewer</code>.</p>
-</body></html>
-"#;
 
 pub async fn not_found() -> Error {
     Error::not_found("not_found", "no such route")
