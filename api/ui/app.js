@@ -665,7 +665,7 @@
       h('td', { class: 'state' }, stateBadge(job)),
       h('td', { class: 'phase' }, phaseText(job)),
       h('td', { class: 'attempt' }, String(job.attempt)),
-      h('td', { class: 'error' }, errorCell(job)),
+      h('td', { class: 'err' }, errorCell(job)),
       h('td', { class: 'created' }, timeEl(job.created_at)),
       h('td', { class: 'started' }, timeEl(job.started_at)),
       h('td', { class: 'finished' }, timeEl(job.finished_at)),
@@ -938,6 +938,7 @@
         const { body } = await api('GET', `/api/jobs/${enc(id)}${waited ? `?wait=${JOB_WAIT_SECS}` : ''}`, { signal: ctrl.signal });
         if (seq !== jobView.seq) return;
         hideError($('job-error'));
+        setLive(true);
         renderJob(body);
         if (!isActive(body.state)) return;
         waited = true;
