@@ -902,7 +902,7 @@
 
   // ---------------------------------------------------------------- job view
 
-  const jobView = { id: null, job: null, seq: 0, ctrl: null };
+  const jobView = { id: null, job: null, seq: 0, ctrl: null, readFailed: false };
 
   function openJobView(id) {
     if (jobView.id === id) return;
@@ -937,7 +937,8 @@
       try {
         const { body } = await api('GET', `/api/jobs/${enc(id)}${waited ? `?wait=${JOB_WAIT_SECS}` : ''}`, { signal: ctrl.signal });
         if (seq !== jobView.seq) return;
-        hideError($('job-error'));
+        if (jobView.readFailed) hideError($('job-error')); // not an action's error: keep those
+        jobView.readFailed = false;
         setLive(true);
         renderJob(body);
         if (!isActive(body.state)) return;
@@ -945,6 +946,7 @@
       } catch (e) {
         if (quiet(e) || seq !== jobView.seq) return;
         showError($('job-error'), e);
+        jobView.readFailed = true;
         if (e instanceof ApiError && e.status === 404) return;
         await sleep(POLL_MS);
       }

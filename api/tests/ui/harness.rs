@@ -134,6 +134,9 @@ impl ApiServer {
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- volsnap-api's log ---\n{}", self.log());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -252,7 +255,6 @@ where
 
 /// One test's world: the database, the API binary on it, a browser, two tokens.
 pub struct Ui {
-    pub pool: PgPool,
     pub api: ApiServer,
     pub browser: Browser,
     pub admin: String,
@@ -268,7 +270,6 @@ impl Ui {
         let api = tokio::task::spawn_blocking(move || ApiServer::start(&url));
         let browser = Browser::start().await;
         Ui {
-            pool,
             api: api.await.unwrap(),
             browser,
             admin,
@@ -419,14 +420,6 @@ impl Ui {
             .await;
         assert_eq!(status, 202, "{body}");
         body["job"]["id"].as_str().unwrap().to_owned()
-    }
-
-    pub async fn http_get(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
-        let mut req = self.http.get(format!("{}{path}", self.api.url));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        req.send().await.unwrap()
     }
 
     /// Save a screenshot (for looking at a failing page by hand).
