@@ -4,7 +4,7 @@
 use fantoccini::key::Key;
 use serde_json::json;
 use sqlx::PgPool;
-use volsnap_shared::domain::{SourceKind, Workload};
+use volsnap_shared::domain::{SnapshotState, SourceKind, Workload};
 use volsnap_shared::ids::SnapshotId;
 
 use crate::common::*;
@@ -136,14 +136,45 @@ async fn restore_needs_the_typed_name_and_its_row_follows_the_job_live(pool: PgP
 }
 
 #[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
-async fn a_second_restore_shows_the_409_naming_the_active_job(pool: PgPool) {
+async fn the_apis_400_and_409_are_shown_in_the_dialog(pool: PgPool) {
     let ui = Ui::start(pool.clone()).await;
     let w = workload_row(&pool, "node-a", SourceKind::Image).await;
     let sid = ready_snapshot(&pool, &w).await;
+    let elsewhere = snapshot_row(&pool, w.id, "node-b", SnapshotState::Ready).await;
     let active = ui.restore_via_api(w.id, sid).await;
     ui.sign_in_ok(&ui.admin).await;
 
-    open_dialog(&ui, &w, sid).await;
+    // A 400 with its reason.
+    open_dialog(&ui, &w, elsewhere).await;
+    ui.find("#restore-confirm")
+        .await
+        .send_keys(&w.name)
+        .await
+        .unwrap();
+    ui.click("#restore-submit").await;
+    let shown = ui
+        .wait_text("#restore-error", &["400 snapshot_on_other_node"])
+        .await;
+    assert!(
+        shown.contains("node-b") && shown.contains("node-a"),
+        "{shown}"
+    );
+    assert!(
+        dialog_open(&ui).await,
+        "the dialog stays open with the error"
+    );
+    ui.click("#restore-cancel").await;
+
+    // A second restore while the first is active: 409 naming it.
+    click_restore(&ui, sid).await;
+    assert!(
+        !ui.find("#restore-error")
+            .await
+            .is_displayed()
+            .await
+            .unwrap(),
+        "an old error is shown"
+    );
     ui.find("#restore-confirm")
         .await
         .send_keys(&w.name)
