@@ -24,9 +24,10 @@ use volsnap_shared::domain::Role;
 
 use crate::common;
 
-/// How long a condition may take to come true in the page (the jobs list polls every
-/// 2 s; the auth cache forgets a revoked token within 2 s).
-pub const WAIT: Duration = Duration::from_secs(12);
+/// How long a condition may take to come true in the page: the jobs list polls every
+/// 2 s and the auth cache forgets a revoked token within 2 s; the rest is headroom for
+/// a loaded CI machine (a passing test never waits for it).
+pub const WAIT: Duration = Duration::from_secs(20);
 
 /// A browser tool: from its environment variable, else the Debian package's path.
 fn tool(var: &str, default: &str) -> PathBuf {
