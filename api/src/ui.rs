@@ -93,8 +93,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         ))
 }
 
-/// The web UI (an HTML page; the data comes from the JSON API with the operator's
-/// token).
+/// The web UI: an HTML page that reads and acts through this JSON API.
+///
+/// The page asks for a token and sends it as `Authorization: Bearer` on every `/api`
+/// request; the page itself needs none.
 #[utoipa::path(get, path = "/", tag = "ops", security(()),
     responses(
         (status = 200, description = "the web UI's HTML page", content_type = "text/html", body = String),
