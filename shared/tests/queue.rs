@@ -720,3 +720,85 @@ async fn losing_the_lock_connection_loses_the_lease(pool: PgPool) {
     worker.await.unwrap().unwrap();
     let _ = id;
 }
+
+/// One busy worker with a heartbeat every few milliseconds: heartbeats, claims and
+/// batched finishes touch the same rows all the time. Every job must finish exactly
+/// once, with no deadlock between those statements, no lease given up for a job whose
+/// own finish was being written, and never more handlers at once than slots.
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn busy_worker_never_deadlocks_or_loses_a_lease(pool: PgPool) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    #[derive(Default)]
+    struct Count {
+        now: AtomicUsize,
+        max: AtomicUsize,
+    }
+    impl JobHandler for Count {
+        async fn startup_recovery(&self) -> anyhow::Result<()> {
+            Ok(())
+        }
+        async fn run(&self, _ctx: JobContext) -> JobOutcome {
+            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max.fetch_max(n, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            JobOutcome::Succeeded
+        }
+    }
+    const JOBS: i64 = 5000;
+    sqlx::query(
+        "WITH w AS (INSERT INTO workloads (id, name, project, stage, node, source_kind, image) \
+           SELECT gen_random_uuid(), 'busy-' || g, 'p', 's', 'n1', 'image', 'busybox' \
+           FROM generate_series(1, $1) g RETURNING id) \
+         INSERT INTO jobs (id, kind, workload_id, node) \
+         SELECT gen_random_uuid(), 'capture', w.id, 'n1' FROM w",
+    )
+    .bind(JOBS)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut cfg = fast_config("n1");
+    cfg.concurrency = 32;
+    cfg.heartbeat_interval = Duration::from_millis(2);
+    cfg.lease = Duration::from_secs(30);
+    let status = cfg.status.clone();
+    let count = Arc::new(Count::default());
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(run(pool.clone(), cfg, count.clone(), stop.clone()));
+    wait_for("every job finished", Duration::from_secs(120), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        n == JOBS
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    let (max_attempt, not_ok): (i32, i64) = sqlx::query_as(
+        "SELECT max(attempt), count(*) FILTER (WHERE state <> 'succeeded') FROM jobs",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (max_attempt, not_ok),
+        (1, 0),
+        "a job ran twice or did not succeed"
+    );
+    assert_eq!(
+        status.leases_lost.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the heartbeat gave up a lease although every job was healthy"
+    );
+    let max = count.max.load(Ordering::SeqCst);
+    assert!(max <= 32, "{max} handlers ran at once with 32 slots");
+    assert!(max > 1, "jobs never ran concurrently (max {max})");
+    let finished: i64 = sqlx::query_scalar(
+        "SELECT sum(finished)::int8 FROM job_outcome_stats WHERE outcome = 'succeeded'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(finished, JOBS, "the outcome counters missed finishes");
+}

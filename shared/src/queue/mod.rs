@@ -215,10 +215,15 @@ pub async fn cancel(pool: &PgPool, id: JobId) -> Result<CancelOutcome, sqlx::Err
 /// which fences the stale owner.
 pub async fn rescue_expired(pool: &PgPool, lease: Duration) -> Result<Vec<JobId>, sqlx::Error> {
     let ids: Vec<JobId> = sqlx::query_scalar(
-        "UPDATE jobs SET state = 'queued', recovering = true, worker_id = NULL, \
-         phase = 'awaiting recovery' \
-         WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => $1) \
-         RETURNING id",
+        // Locks in id order, as the heartbeat and the completer do.
+        "WITH locked AS MATERIALIZED (SELECT id FROM jobs \
+           WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => $1) \
+           ORDER BY id FOR UPDATE) \
+         UPDATE jobs SET state = 'queued', recovering = true, worker_id = NULL, \
+         phase = 'awaiting recovery' FROM locked \
+         WHERE jobs.id = locked.id AND state = 'running' \
+           AND heartbeat_at < now() - make_interval(secs => $1) \
+         RETURNING jobs.id",
     )
     .bind(lease.as_secs_f64())
     .fetch_all(pool)

@@ -46,8 +46,11 @@ pub async fn record_finished(conn: &mut PgConnection, job: &Job) -> Result<(), s
 
 /// A CTE fragment (`, … stats AS (...)`) that counts the rows of a preceding CTE named
 /// `fin` (columns kind, state, started_at, finished_at; any number of rows) into
-/// `job_outcome_stats`: one statement, rows grouped per (kind, outcome) into a random
-/// one of 16 shards, histogram buckets chosen in SQL (bounds = [`JOB_DURATION_BUCKETS`]).
+/// `job_outcome_stats`: one statement, rows grouped per (kind, outcome) into one random
+/// shard of 16, histogram buckets chosen in SQL (bounds = [`JOB_DURATION_BUCKETS`]).
+/// Counter rows are upserted in (outcome, kind) order; a transaction that records
+/// several statements' worth must do so in that order too, so no two transactions can
+/// each hold a counter row the other waits for.
 #[macro_export]
 macro_rules! record_finished_cte {
     () => {
@@ -67,7 +70,9 @@ macro_rules! record_finished_cte {
            FROM (SELECT DISTINCT kind, state FROM fin_b) g), \
          stats AS ( \
            INSERT INTO job_outcome_stats AS s (kind, outcome, shard, finished, duration_sum, duration_buckets) \
-           SELECT kind, state, floor(random() * 16)::smallint, n, total, buckets FROM fin_g \
+           SELECT kind, state, r.shard, n, total, buckets \
+           FROM fin_g CROSS JOIN (SELECT floor(random() * 16)::smallint AS shard) r \
+           ORDER BY state, kind \
            ON CONFLICT (kind, outcome, shard) DO UPDATE SET finished = s.finished + excluded.finished, \
              duration_sum = s.duration_sum + excluded.duration_sum, \
              duration_buckets = array(SELECT a + b FROM unnest(s.duration_buckets, excluded.duration_buckets) AS u(a, b)) \

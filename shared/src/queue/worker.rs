@@ -7,12 +7,15 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use sqlx::{PgConnection, PgPool, Postgres};
-use tokio::sync::broadcast;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +32,10 @@ pub struct WorkerConfig {
     pub node: String,
     /// Unique per process; recorded on the jobs it runs.
     pub worker_id: String,
-    /// Jobs run at once by this process.
+    /// Handlers run at once by this process. A job holds its slot from claim until its
+    /// handler returns; writing its outcome and releasing its workload lock follow
+    /// without the slot, so the next claim is not held up by those commits (at most
+    /// `concurrency` more jobs can be in that tail at once).
     pub concurrency: usize,
     /// How often running jobs' heartbeats are written.
     pub heartbeat_interval: Duration,
@@ -54,6 +60,13 @@ pub struct WorkerStatus {
     pub running_jobs: std::sync::atomic::AtomicUsize,
     /// Jobs this process finished (any outcome) since it started.
     pub jobs_done: std::sync::atomic::AtomicU64,
+    /// Claim statements that took at least one job (each is one durable commit).
+    pub claim_commits: std::sync::atomic::AtomicU64,
+    /// Batched finish statements the completer committed (each is one durable commit).
+    pub finish_commits: std::sync::atomic::AtomicU64,
+    /// Jobs whose lease the heartbeat gave up: the row was no longer theirs, or the
+    /// database could not be reached for most of a lease.
+    pub leases_lost: std::sync::atomic::AtomicU64,
 }
 
 impl WorkerConfig {
@@ -249,7 +262,54 @@ impl JobContext {
 type FencedQuery = sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments>;
 
 /// Jobs this process runs, for the heartbeat: id → (attempt, lease-lost token).
-type Running = Arc<Mutex<HashMap<JobId, (i32, CancellationToken)>>>;
+/// The jobs this process holds, for the heartbeat.
+type Running = Arc<Mutex<HashMap<JobId, RunningJob>>>;
+
+struct RunningJob {
+    attempt: i32,
+    lease_lost: CancellationToken,
+    /// The handler returned and its outcome is being written: the row may already be
+    /// final, which the heartbeat must not mistake for a lost lease.
+    finishing: bool,
+}
+
+/// What every job task of one runner uses.
+struct TaskShared<H> {
+    pool: PgPool,
+    handler: Arc<H>,
+    running: Running,
+    completer: Completer,
+    locks: Locks,
+    status: Arc<WorkerStatus>,
+}
+
+/// A claim in flight, with the slot permits it reserved.
+type ClaimFuture =
+    futures::future::BoxFuture<'static, (Result<Vec<Job>, sqlx::Error>, OwnedSemaphorePermit)>;
+
+/// Claims one worker may have in flight at once: a second is sent while the first's
+/// commit is flushed, so a slow disk does not serialise claiming.
+const CLAIMS_IN_FLIGHT: usize = 1;
+
+/// Return jobs this worker claimed but never started (a claim answered after the stop
+/// began) to the queue as they were.
+async fn release_unstarted(pool: &PgPool, jobs: &[Job]) -> Result<(), sqlx::Error> {
+    let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+    let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
+    sqlx::query(
+        "WITH locked AS MATERIALIZED \
+           (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE) \
+         UPDATE jobs SET state = 'queued', worker_id = NULL, \
+         phase = CASE WHEN recovering THEN 'awaiting recovery' ELSE 'queued' END \
+         FROM unnest($1::uuid[], $2::int[]) AS t(id, attempt) JOIN locked l USING (id) \
+         WHERE jobs.id = t.id AND jobs.attempt = t.attempt AND jobs.state = 'running'",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
 
 /// Run the agent until `shutdown` is cancelled, then drain gracefully.
 pub async fn run<H: JobHandler>(
@@ -283,7 +343,7 @@ pub async fn run<H: JobHandler>(
         .context("LISTEN for new jobs")?
         .subscribe();
     let running: Running = Arc::default();
-    let (completer, completer_task) = Completer::start(pool.clone());
+    let (completer, completer_task) = Completer::start(pool.clone(), cfg.status.clone());
     let (locks, locks_task) = Locks::start(pool.clone());
     let hb = tokio::spawn(heartbeat_loop(
         pool.clone(),
@@ -295,93 +355,144 @@ pub async fn run<H: JobHandler>(
 
     // Each task yields Some(job id) when the workload lock was held elsewhere.
     let mut tasks: JoinSet<Option<JobId>> = JoinSet::new();
+    // One permit per handler slot: taken before a claim is sent (as many as it may
+    // return) and held by each job until its handler returns. Jobs still writing their
+    // outcome hold none, but count against `tail_cap`, which bounds the jobs in hand.
+    let slots = Arc::new(Semaphore::new(cfg.concurrency));
+    let tail_cap = cfg.concurrency * 2;
+    // Claims in flight (each with the permits it reserved): sent as soon as slots are
+    // free, even while another claim's commit is still being flushed.
+    let mut claims: FuturesUnordered<ClaimFuture> = FuturesUnordered::new();
+    let mut reserved = 0usize;
+    // A claim came back short: the queue has nothing more for us until a notification,
+    // a finished job (batch room) or the poll says otherwise.
+    let mut drained = false;
+    let mut claim_paused_until: Option<Instant> = None;
+    let mut last_claim_error: Option<Instant> = None;
+    let mut listening = true;
+    let mut poll_at = Instant::now() + cfg.poll_interval;
     // Jobs whose workload lock was held by someone else (a stalled predecessor): their
     // ids are skipped by claims for a poll interval, so we do not spin on them.
     let mut lock_busy: HashMap<JobId, Instant> = HashMap::new();
-    let mut last_claim_error: Option<Instant> = None;
     let note_busy = |r: Result<Option<JobId>, tokio::task::JoinError>,
                      busy: &mut HashMap<JobId, Instant>| {
         if let Ok(Some(id)) = r {
             busy.insert(id, Instant::now() + cfg.poll_interval);
         }
     };
+    let task_shared = Arc::new(TaskShared {
+        pool: pool.clone(),
+        handler: handler.clone(),
+        running: running.clone(),
+        completer: completer.clone(),
+        locks: locks.clone(),
+        status: cfg.status.clone(),
+    });
+    let spawn_job = |tasks: &mut JoinSet<Option<JobId>>, job: Job, slot: OwnedSemaphorePermit| {
+        let ctx = JobContext {
+            pool: pool.clone(),
+            shutdown: shutdown.clone(),
+            lease_lost: CancellationToken::new(),
+            last_progress: Mutex::new(None),
+            job,
+        };
+        let shared = task_shared.clone();
+        let id = ctx.job.id;
+        tasks.spawn(async move {
+            match run_one(shared, slot, ctx).await {
+                Ok(busy) => busy.then_some(id),
+                Err(e) => {
+                    tracing::error!(job_id = %id, error = ?e, "running a job failed at the queue level");
+                    None
+                }
+            }
+        });
+    };
 
     while !shutdown.is_cancelled() {
         while let Some(r) = tasks.try_join_next() {
             note_busy(r, &mut lock_busy);
+            drained = false;
         }
         let now = Instant::now();
         lock_busy.retain(|_, until| *until > now);
-        let free = cfg.concurrency.saturating_sub(tasks.len());
-        let mut claimed_full = false;
-        if free > 0 {
-            let excluded: Vec<JobId> = lock_busy.keys().copied().collect();
-            match claim(&pool, &cfg, free, &excluded).await {
-                Ok(jobs) => {
-                    claimed_full = jobs.len() == free;
-                    for job in jobs {
-                        let ctx = JobContext {
-                            pool: pool.clone(),
-                            shutdown: shutdown.clone(),
-                            lease_lost: CancellationToken::new(),
-                            last_progress: Mutex::new(None),
-                            job,
-                        };
-                        let (handler, running, pool) =
-                            (handler.clone(), running.clone(), pool.clone());
-                        let completer = completer.clone();
-                        let status = cfg.status.clone();
-                        let locks = locks.clone();
-                        let id = ctx.job.id;
-                        tasks.spawn(async move {
-                            match run_one(pool, handler, running, completer, locks, status, ctx).await {
-                                Ok(busy) => busy.then_some(id),
-                                Err(e) => {
-                                    tracing::error!(job_id = %id, error = ?e, "running a job failed at the queue level");
-                                    None
-                                }
-                            }
-                        });
-                    }
-                }
-                Err(e) => {
-                    if last_claim_error.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
-                        tracing::error!(error = %e, "claiming jobs failed; will retry");
-                    }
-                    last_claim_error = Some(Instant::now());
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
-            }
+        if claim_paused_until.is_some_and(|t| t <= now) {
+            claim_paused_until = None;
         }
-        if claimed_full {
-            continue;
+        if !drained && claim_paused_until.is_none() && claims.len() < CLAIMS_IN_FLIGHT {
+            let room = tail_cap.saturating_sub(tasks.len() + reserved);
+            let want = slots.available_permits().min(room);
+            if want > 0 {
+                let permits = slots
+                    .clone()
+                    .try_acquire_many_owned(want as u32)
+                    .expect("only this loop takes slots, and it counted them");
+                reserved += want;
+                let (pool, cfg) = (pool.clone(), cfg.clone());
+                let excluded: Vec<JobId> = lock_busy.keys().copied().collect();
+                claims.push(Box::pin(async move {
+                    (claim(&pool, &cfg, want, &excluded).await, permits)
+                }));
+                continue;
+            }
         }
         // Sleep until something may have changed.
-        let poll = tokio::time::sleep(cfg.poll_interval);
-        tokio::pin!(poll);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = &mut poll => break,
-                Some(r) = tasks.join_next(), if !tasks.is_empty() => {
-                    note_busy(r, &mut lock_busy);
-                    break;
-                }
-                n = wake.recv() => match n {
-                    Ok((_, payload)) if payload == cfg.node || payload == "*" => {
-                        if tasks.len() < cfg.concurrency { break }
-                    }
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => { (&mut poll).await; break }
-                },
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep_until(poll_at) => {
+                poll_at = Instant::now() + cfg.poll_interval;
+                drained = false;
             }
+            Some((result, mut permits)) = claims.next(), if !claims.is_empty() => {
+                let asked = permits.num_permits();
+                reserved -= asked;
+                match result {
+                    Ok(jobs) => {
+                        drained = jobs.len() < asked;
+                        if !jobs.is_empty() {
+                            cfg.status.claim_commits.fetch_add(1, Ordering::Relaxed);
+                        }
+                        for job in jobs {
+                            let slot = permits.split(1).expect("a permit was reserved per job");
+                            spawn_job(&mut tasks, job, slot);
+                        }
+                    }
+                    Err(e) => {
+                        if last_claim_error.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+                            tracing::error!(error = %e, "claiming jobs failed; will retry");
+                        }
+                        last_claim_error = Some(Instant::now());
+                        claim_paused_until = Some(Instant::now() + Duration::from_secs(1));
+                    }
+                }
+                drop(permits);
+            }
+            Some(r) = tasks.join_next(), if !tasks.is_empty() => {
+                note_busy(r, &mut lock_busy);
+                drained = false;
+            }
+            // A handler gave its slot back (only worth waking for when every slot was
+            // taken and there is work to claim; otherwise a join or a claim wakes us).
+            Ok(_) = slots.acquire(), if slots.available_permits() == 0 && !drained => {}
+            _ = tokio::time::sleep_until(claim_paused_until.unwrap_or(poll_at)), if claim_paused_until.is_some() => {}
+            n = wake.recv(), if listening => match n {
+                Ok((_, payload)) if payload == cfg.node || payload == "*" => drained = false,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => drained = false,
+                Err(broadcast::error::RecvError::Closed) => listening = false,
+            },
         }
     }
 
+    // Claims still in flight may have taken jobs: hand them back untouched.
+    while let Some((result, _permits)) = claims.next().await {
+        if let Ok(jobs) = result
+            && !jobs.is_empty()
+            && let Err(e) = release_unstarted(&pool, &jobs).await
+        {
+            tracing::warn!(error = %e, jobs = jobs.len(), "handing back jobs claimed during shutdown failed; the rescuer will return them");
+        }
+    }
     tracing::info!(
         running = tasks.len(),
         "stopping: no new claims; waiting for running jobs"
@@ -395,6 +506,8 @@ pub async fn run<H: JobHandler>(
         tasks.abort_all();
     }
     bg_stop.cancel();
+    // The completer and lock tasks end when their last sender is gone.
+    drop(task_shared);
     drop(completer);
     let _ = completer_task.await;
     drop(locks);
@@ -513,14 +626,18 @@ async fn claim_from_limited_batch(
 
 /// Take the workload lock, run the handler, apply its outcome, release the lock.
 async fn run_one<H: JobHandler>(
-    pool: PgPool,
-    handler: Arc<H>,
-    running: Running,
-    completer: Completer,
-    locks: Locks,
-    status: Arc<WorkerStatus>,
+    shared: Arc<TaskShared<H>>,
+    slot: OwnedSemaphorePermit,
     ctx: JobContext,
 ) -> Result<bool, sqlx::Error> {
+    let TaskShared {
+        pool,
+        handler,
+        running,
+        completer,
+        locks,
+        status,
+    } = &*shared;
     let (id, attempt, batched) = (ctx.job.id, ctx.job.attempt, ctx.job.batch_id.is_some());
     let key = workload_lock_key(ctx.job.workload_id);
     let locked = locks.try_lock(key, ctx.lease_lost.clone()).await?;
@@ -534,14 +651,18 @@ async fn run_one<H: JobHandler>(
         )
         .bind(id)
         .bind(attempt)
-        .execute(&pool)
+        .execute(pool)
         .await?;
         return Ok(true);
     }
-    running
-        .lock()
-        .expect("running map")
-        .insert(id, (attempt, ctx.lease_lost.clone()));
+    running.lock().expect("running map").insert(
+        id,
+        RunningJob {
+            attempt,
+            lease_lost: ctx.lease_lost.clone(),
+            finishing: false,
+        },
+    );
     status
         .running_jobs
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -557,6 +678,12 @@ async fn run_one<H: JobHandler>(
         tracing::error!(job_id = %id, "job handler panicked; the job is queued for recovery");
         JobOutcome::RequeueForRecovery
     });
+    // The handler is done with its resources: the next job may start while this one's
+    // outcome is written (the workload lock is still held until that is durable).
+    if let Some(r) = running.lock().expect("running map").get_mut(&id) {
+        r.finishing = true;
+    }
+    drop(slot);
     // Plain finishes go through the completer (many jobs, one commit); the rest — and
     // a batch job's failure, which may stop its batch — are written here. Either way
     // before the workload lock is released.
@@ -607,13 +734,28 @@ struct Completion {
 const COMPLETER_BATCH: usize = 256;
 
 impl Completer {
-    fn start(pool: PgPool) -> (Completer, tokio::task::JoinHandle<()>) {
+    fn start(pool: PgPool, status: Arc<WorkerStatus>) -> (Completer, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Completion>(COMPLETER_BATCH * 4);
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(COMPLETER_BATCH);
             while rx.recv_many(&mut batch, COMPLETER_BATCH).await > 0 {
-                match complete_batch(&pool, &batch).await {
+                let mut result = complete_batch(&pool, &batch).await;
+                // Deadlocks should not happen (rows and counters are locked in a fixed
+                // order); if the server still picks this statement as a victim, it was
+                // rolled back whole and is safe to run again.
+                for retry in 1..=3 {
+                    match &result {
+                        Err(e) if is_transient(e) => {
+                            tracing::warn!(error = %e, retry, "writing job finishes: transient error, retrying");
+                            tokio::time::sleep(Duration::from_millis(10 * retry)).await;
+                            result = complete_batch(&pool, &batch).await;
+                        }
+                        _ => break,
+                    }
+                }
+                match result {
                     Ok(done) => {
+                        status.finish_commits.fetch_add(1, Ordering::Relaxed);
                         for c in batch.drain(..) {
                             let _ = c.reply.send(Ok(done.contains(&c.id)));
                         }
@@ -674,6 +816,14 @@ impl Completer {
     }
 }
 
+/// A serialization failure or deadlock: the server rolled the transaction back, and
+/// running it again is the documented remedy.
+fn is_transient(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "40P01" || c == "40001")
+}
+
 /// One statement for many finishes; returns the ids that were still ours.
 async fn complete_batch(pool: &PgPool, batch: &[Completion]) -> Result<Vec<JobId>, sqlx::Error> {
     let ids: Vec<JobId> = batch.iter().map(|c| c.id).collect();
@@ -683,6 +833,8 @@ async fn complete_batch(pool: &PgPool, batch: &[Completion]) -> Result<Vec<JobId
     let codes: Vec<Option<&str>> = batch.iter().map(|c| c.code.as_deref()).collect();
     let messages: Vec<Option<&str>> = batch.iter().map(|c| c.message.as_deref()).collect();
     let mut conn = pool.acquire().await?;
+    // Rows are locked in id order (`locked`), as the heartbeat and the rescuer lock
+    // them, so two statements over the same jobs wait for each other, never deadlock.
     // The trigger's NOTIFY would hold a database-wide lock across this commit's WAL
     // flush and serialise every finishing worker; `quiet` (evaluated before any row is
     // updated, as the UPDATE's WHERE reads it) turns it off for this statement, and the
@@ -691,9 +843,10 @@ async fn complete_batch(pool: &PgPool, batch: &[Completion]) -> Result<Vec<JobId
         "WITH quiet AS (SELECT set_config('volsnap.quiet_notify', 'on', true) AS q), \
          input AS (SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[]) \
                    AS t(id, attempt, state, phase, code, message)), \
+         locked AS MATERIALIZED (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE), \
          fin AS (UPDATE jobs j SET state = i.state, phase = i.phase, error_code = i.code, \
                    error_message = i.message, finished_at = clock_timestamp(), recovering = false \
-                 FROM input i \
+                 FROM input i JOIN locked l USING (id) \
                  WHERE j.id = i.id AND j.attempt = i.attempt AND j.state = 'running' \
                    AND (SELECT q FROM quiet) = 'on' \
                  RETURNING j.id, j.kind, j.state, j.started_at, j.finished_at)",
@@ -783,12 +936,14 @@ async fn apply_outcome(
     let Some(job) = job else {
         return Ok(false);
     };
-    stats::record_finished(&mut tx, &job).await?;
+    // The batch's cancellations are counted before this job's failure: counter rows
+    // are taken in outcome order ('cancelled' < 'failed'), see `record_finished_cte!`.
     if job.state == JobState::Failed
         && let Some(batch_id) = job.batch_id
     {
         stop_batch_after_failures(&mut tx, batch_id).await?;
     }
+    stats::record_finished(&mut tx, &job).await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -853,7 +1008,7 @@ async fn heartbeat_loop(
             .lock()
             .expect("running map")
             .iter()
-            .map(|(id, (a, t))| (*id, *a, t.clone()))
+            .map(|(id, r)| (*id, r.attempt, r.lease_lost.clone()))
             .collect();
         let ids: Vec<JobId> = snapshot.iter().map(|s| s.0).collect();
         let attempts: Vec<i32> = snapshot.iter().map(|s| s.1).collect();
@@ -865,9 +1020,12 @@ async fn heartbeat_loop(
             if ids.is_empty() {
                 return Ok(vec![]);
             }
+            // Locks in id order, as the completer does (see `complete_batch`).
             sqlx::query_scalar(
-                "UPDATE jobs SET heartbeat_at = clock_timestamp() \
-                 FROM unnest($1::uuid[], $2::int[]) AS t(id, attempt) \
+                "WITH locked AS MATERIALIZED \
+                   (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE) \
+                 UPDATE jobs SET heartbeat_at = clock_timestamp() \
+                 FROM unnest($1::uuid[], $2::int[]) AS t(id, attempt) JOIN locked l USING (id) \
                  WHERE jobs.id = t.id AND jobs.attempt = t.attempt AND jobs.state = 'running' \
                  RETURNING jobs.id",
             )
@@ -886,10 +1044,13 @@ async fn heartbeat_loop(
                 cfg.status
                     .last_heartbeat_ms
                     .store(now_ms, std::sync::atomic::Ordering::Relaxed);
+                let alive: std::collections::HashSet<JobId> = alive.into_iter().collect();
+                let held = running.lock().expect("running map");
                 for (id, _, token) in &snapshot {
-                    if !alive.contains(id) && running.lock().expect("running map").contains_key(id)
-                    {
+                    // Gone from the map or finishing: its own outcome made it final.
+                    if !alive.contains(id) && held.get(id).is_some_and(|r| !r.finishing) {
                         tracing::error!(job_id = %id, "heartbeat found the job is no longer ours");
+                        cfg.status.leases_lost.fetch_add(1, Ordering::Relaxed);
                         token.cancel();
                     }
                 }
@@ -899,6 +1060,9 @@ async fn heartbeat_loop(
                 // Fence ourselves before anyone else can rescue our jobs.
                 if last_ok.elapsed() > cfg.lease.mul_f64(0.8) {
                     for (_, _, token) in &snapshot {
+                        if !token.is_cancelled() {
+                            cfg.status.leases_lost.fetch_add(1, Ordering::Relaxed);
+                        }
                         token.cancel();
                     }
                 }
@@ -942,17 +1106,23 @@ async fn maintenance_loop(pool: PgPool, cfg: WorkerConfig, stop: CancellationTok
 }
 
 /// Running jobs of this node whose owner is gone are queued for recovery at once
-/// (at start-up and on every heartbeat tick) instead of waiting out their lease. An owner that is alive holds the
-/// workload's advisory lock for the whole run, so a lock we can take means a dead
-/// owner; a stale heartbeat is required as well, to stay clear of a claim that has
-/// not taken its lock yet.
+/// (at start-up and on every heartbeat tick) instead of waiting out their lease. An
+/// owner that is alive holds the workload's advisory lock for the whole run, so a lock
+/// we can take means a dead owner. Between its claim and its lock a live owner holds
+/// nothing, so more is required: the job's heartbeat and its owner's (the `workers`
+/// row) must both be stale, and the owner is never this process (its own jobs are its
+/// heartbeat's business; a stalled process is left to the lease).
 async fn rescue_orphans_on_node(pool: &PgPool, cfg: &WorkerConfig) -> Result<usize, sqlx::Error> {
     let candidates: Vec<(JobId, i32, crate::ids::WorkloadId)> = sqlx::query_as(
-        "SELECT id, attempt, workload_id FROM jobs WHERE state = 'running' AND node = $1 \
-         AND heartbeat_at < now() - make_interval(secs => $2)",
+        "SELECT j.id, j.attempt, j.workload_id FROM jobs j \
+         WHERE j.state = 'running' AND j.node = $1 AND j.worker_id <> $3 \
+           AND j.heartbeat_at < now() - make_interval(secs => $2) \
+           AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = j.worker_id \
+             AND w.stopped_at IS NULL AND w.heartbeat_at >= now() - make_interval(secs => $2))",
     )
     .bind(&cfg.node)
     .bind((cfg.heartbeat_interval * 2).as_secs_f64())
+    .bind(&cfg.worker_id)
     .fetch_all(pool)
     .await?;
     let mut rescued = 0;
