@@ -802,3 +802,39 @@ async fn busy_worker_never_deadlocks_or_loses_a_lease(pool: PgPool) {
     .unwrap();
     assert_eq!(finished, JOBS, "the outcome counters missed finishes");
 }
+
+/// A job enqueued while the worker's previous claim is still in flight (and comes back
+/// empty) must be picked up on its notification, not by the fallback poll, which is
+/// set far beyond the test's patience here.
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn no_wake_up_is_lost_to_a_claim_in_flight(pool: PgPool) {
+    struct Started(tokio::sync::mpsc::UnboundedSender<JobId>);
+    impl JobHandler for Started {
+        async fn startup_recovery(&self) -> anyhow::Result<()> {
+            Ok(())
+        }
+        async fn run(&self, ctx: JobContext) -> JobOutcome {
+            let _ = self.0.send(ctx.job.id);
+            JobOutcome::Succeeded
+        }
+    }
+    let mut cfg = fast_config("n1");
+    cfg.poll_interval = Duration::from_secs(600);
+    let (tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(run(pool.clone(), cfg, Arc::new(Started(tx)), stop.clone()));
+    // Each job is enqueued the moment the previous one starts: its finish makes the
+    // worker claim again at about the time the new job's notification arrives.
+    for i in 0..300 {
+        let w = workload(&pool, "n1").await;
+        let id = enqueue(&pool, &new_job(w, "n1")).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), started.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("job {i} was not picked up within 10 s: its wake-up was lost")
+            });
+        assert_eq!(got, Some(id));
+    }
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}
