@@ -6,41 +6,13 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use volsnap_shared::domain::{JobKind, JobState};
+use volsnap_shared::domain::JobState;
 use volsnap_shared::ids::{BatchId, JobId, WorkloadId};
 use volsnap_shared::queue::worker::{JobContext, JobHandler, JobOutcome, WorkerConfig, run};
-use volsnap_shared::queue::{self, CancelOutcome, EnqueueError, JobEvents, NewBatch, NewJob};
+use volsnap_shared::queue::{self, CancelOutcome, EnqueueError, JobEvents, NewBatch};
 
-async fn workload(pool: &PgPool, node: &str) -> WorkloadId {
-    let id = WorkloadId::new();
-    sqlx::query(
-        "INSERT INTO workloads (id, name, project, stage, node, source_kind, image) \
-         VALUES ($1, $2, 'p', 's', $3, 'image', 'busybox')",
-    )
-    .bind(id)
-    .bind(format!("w-{}", &id.to_string()[24..]))
-    .bind(node)
-    .execute(pool)
-    .await
-    .unwrap();
-    id
-}
-
-fn new_job(w: WorkloadId, node: &str) -> NewJob {
-    NewJob {
-        kind: JobKind::Capture,
-        workload_id: w,
-        snapshot_id: None,
-        node: node.into(),
-        batch_id: None,
-        requested_by: Some("test".into()),
-    }
-}
-
-async fn enqueue(pool: &PgPool, job: &NewJob) -> Result<JobId, EnqueueError> {
-    let mut conn = pool.acquire().await.unwrap();
-    queue::enqueue(&mut conn, job).await.map(|j| j.id)
-}
+mod support;
+use support::{enqueue, new_job, wait_until, workload};
 
 fn fast_config(node: &str) -> WorkerConfig {
     let mut cfg = WorkerConfig::new(node);
@@ -62,10 +34,6 @@ struct Recorder {
 }
 
 impl JobHandler for Recorder {
-    async fn startup_recovery(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
-
     async fn run(&self, ctx: JobContext) -> JobOutcome {
         self.ran.lock().unwrap().push(ctx.job.id);
         if let Some(b) = ctx.job.batch_id {
@@ -93,18 +61,6 @@ impl JobHandler for Recorder {
 
 async fn job_state(pool: &PgPool, id: JobId) -> JobState {
     queue::get_job(pool, id).await.unwrap().unwrap().state
-}
-
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
@@ -189,7 +145,7 @@ async fn a_node_only_runs_its_own_jobs(pool: PgPool) {
         rec.clone(),
         stop.clone(),
     ));
-    wait_for("node-a's job", Duration::from_secs(10), || async {
+    wait_until("node-a's job", Duration::from_secs(10), || async {
         job_state(&pool, ja).await == JobState::Succeeded
     })
     .await;
@@ -272,9 +228,6 @@ async fn cancel_queued_and_running_jobs(pool: PgPool) {
         passed: Mutex<Vec<Result<(), String>>>,
     }
     impl JobHandler for Gate {
-        async fn startup_recovery(&self) -> anyhow::Result<()> {
-            Ok(())
-        }
         async fn run(&self, ctx: JobContext) -> JobOutcome {
             // Wait for the test's cancel request (or 1.5 s) before the gate.
             for _ in 0..75 {
@@ -309,7 +262,7 @@ async fn cancel_queued_and_running_jobs(pool: PgPool) {
 
     let w2 = workload(&pool, "n1").await;
     let early = enqueue(&pool, &new_job(w2, "n1")).await.unwrap();
-    wait_for("running", Duration::from_secs(10), || async {
+    wait_until("running", Duration::from_secs(10), || async {
         job_state(&pool, early).await == JobState::Running
     })
     .await;
@@ -317,14 +270,14 @@ async fn cancel_queued_and_running_jobs(pool: PgPool) {
         queue::cancel(&pool, early).await.unwrap(),
         CancelOutcome::Requested(_)
     ));
-    wait_for("cancelled", Duration::from_secs(10), || async {
+    wait_until("cancelled", Duration::from_secs(10), || async {
         job_state(&pool, early).await == JobState::Cancelled
     })
     .await;
 
     let w3 = workload(&pool, "n1").await;
     let late = enqueue(&pool, &new_job(w3, "n1")).await.unwrap();
-    wait_for("past the gate", Duration::from_secs(10), || async {
+    wait_until("past the gate", Duration::from_secs(10), || async {
         queue::get_job(&pool, late)
             .await
             .unwrap()
@@ -336,7 +289,7 @@ async fn cancel_queued_and_running_jobs(pool: PgPool) {
         queue::cancel(&pool, late).await.unwrap(),
         CancelOutcome::TooLate(_)
     ));
-    wait_for("late job done", Duration::from_secs(10), || async {
+    wait_until("late job done", Duration::from_secs(10), || async {
         job_state(&pool, late).await == JobState::Succeeded
     })
     .await;
@@ -397,7 +350,7 @@ async fn batch_max_parallel_holds_across_workers(pool: PgPool) {
             .unwrap();
         workers.push(tokio::spawn(run(own, cfg, rec.clone(), stop.clone())));
     }
-    wait_for("batch done", Duration::from_secs(30), || async {
+    wait_until("batch done", Duration::from_secs(30), || async {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM jobs WHERE batch_id = $1 AND state = 'succeeded'",
         )
@@ -435,7 +388,7 @@ async fn batch_stops_after_failures(pool: PgPool) {
         rec.clone(),
         stop.clone(),
     ));
-    wait_for("batch final", Duration::from_secs(30), || async {
+    wait_until("batch final", Duration::from_secs(30), || async {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM jobs WHERE batch_id = $1 AND state IN ('queued','running')",
         )
@@ -486,7 +439,7 @@ async fn metrics_survive_pruning(pool: PgPool) {
     let rec = Arc::new(Recorder::default());
     let stop = CancellationToken::new();
     let worker = tokio::spawn(run(pool.clone(), fast_config("n1"), rec, stop.clone()));
-    wait_for("done", Duration::from_secs(10), || async {
+    wait_until("done", Duration::from_secs(10), || async {
         job_state(&pool, id).await == JobState::Succeeded
     })
     .await;
@@ -520,9 +473,6 @@ async fn graceful_stop_requeues_or_finishes(pool: PgPool) {
     // A handler that requeues on shutdown before its (never reached) point of no return.
     struct Polite;
     impl JobHandler for Polite {
-        async fn startup_recovery(&self) -> anyhow::Result<()> {
-            Ok(())
-        }
         async fn run(&self, ctx: JobContext) -> JobOutcome {
             ctx.shutdown.cancelled().await;
             JobOutcome::Requeue
@@ -537,7 +487,7 @@ async fn graceful_stop_requeues_or_finishes(pool: PgPool) {
         Arc::new(Polite),
         stop.clone(),
     ));
-    wait_for("running", Duration::from_secs(10), || async {
+    wait_until("running", Duration::from_secs(10), || async {
         job_state(&pool, id).await == JobState::Running
     })
     .await;
@@ -550,7 +500,7 @@ async fn graceful_stop_requeues_or_finishes(pool: PgPool) {
     let rec = Arc::new(Recorder::default());
     let stop = CancellationToken::new();
     let worker = tokio::spawn(run(pool.clone(), fast_config("n1"), rec, stop.clone()));
-    wait_for("done", Duration::from_secs(10), || async {
+    wait_until("done", Duration::from_secs(10), || async {
         job_state(&pool, id).await == JobState::Succeeded
     })
     .await;
@@ -562,9 +512,6 @@ async fn graceful_stop_requeues_or_finishes(pool: PgPool) {
 async fn panicking_handler_queues_for_recovery(pool: PgPool) {
     struct Boom;
     impl JobHandler for Boom {
-        async fn startup_recovery(&self) -> anyhow::Result<()> {
-            Ok(())
-        }
         async fn run(&self, ctx: JobContext) -> JobOutcome {
             if !ctx.job.recovering {
                 panic!("handler bug");
@@ -581,7 +528,7 @@ async fn panicking_handler_queues_for_recovery(pool: PgPool) {
         Arc::new(Boom),
         stop.clone(),
     ));
-    wait_for("recovered", Duration::from_secs(10), || async {
+    wait_until("recovered", Duration::from_secs(10), || async {
         job_state(&pool, id).await == JobState::Succeeded
     })
     .await;
@@ -614,9 +561,6 @@ async fn schema_check_refuses_a_database_that_is_behind(pool: PgPool) {
 async fn one_process_never_holds_a_lock_key_twice(pool: PgPool) {
     struct Spans(Mutex<Vec<(Instant, Instant)>>);
     impl JobHandler for Spans {
-        async fn startup_recovery(&self) -> anyhow::Result<()> {
-            Ok(())
-        }
         async fn run(&self, _ctx: JobContext) -> JobOutcome {
             let start = Instant::now();
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -648,7 +592,7 @@ async fn one_process_never_holds_a_lock_key_twice(pool: PgPool) {
         spans.clone(),
         stop.clone(),
     ));
-    wait_for("both done", Duration::from_secs(20), || async {
+    wait_until("both done", Duration::from_secs(20), || async {
         job_state(&pool, j1).await == JobState::Succeeded
             && job_state(&pool, j2).await == JobState::Succeeded
     })
@@ -667,9 +611,6 @@ async fn one_process_never_holds_a_lock_key_twice(pool: PgPool) {
 async fn losing_the_lock_connection_loses_the_lease(pool: PgPool) {
     struct Watch(Mutex<Option<bool>>);
     impl JobHandler for Watch {
-        async fn startup_recovery(&self) -> anyhow::Result<()> {
-            Ok(())
-        }
         async fn run(&self, ctx: JobContext) -> JobOutcome {
             let lost = tokio::time::timeout(Duration::from_secs(10), ctx.lease_lost.cancelled())
                 .await
@@ -688,7 +629,7 @@ async fn losing_the_lock_connection_loses_the_lease(pool: PgPool) {
         watch.clone(),
         stop.clone(),
     ));
-    wait_for("lock taken", Duration::from_secs(10), || async {
+    wait_until("lock taken", Duration::from_secs(10), || async {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
@@ -707,7 +648,7 @@ async fn losing_the_lock_connection_loses_the_lease(pool: PgPool) {
     .await
     .unwrap();
     // The lock holder checks its connection every second while it holds locks.
-    wait_for("handler saw the loss", Duration::from_secs(15), || async {
+    wait_until("handler saw the loss", Duration::from_secs(15), || async {
         watch.0.lock().unwrap().is_some()
     })
     .await;
@@ -734,9 +675,6 @@ async fn busy_worker_never_deadlocks_or_loses_a_lease(pool: PgPool) {
         max: AtomicUsize,
     }
     impl JobHandler for Count {
-        async fn startup_recovery(&self) -> anyhow::Result<()> {
-            Ok(())
-        }
         async fn run(&self, _ctx: JobContext) -> JobOutcome {
             let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
             self.max.fetch_max(n, Ordering::SeqCst);
@@ -765,7 +703,7 @@ async fn busy_worker_never_deadlocks_or_loses_a_lease(pool: PgPool) {
     let count = Arc::new(Count::default());
     let stop = CancellationToken::new();
     let worker = tokio::spawn(run(pool.clone(), cfg, count.clone(), stop.clone()));
-    wait_for("every job finished", Duration::from_secs(120), || async {
+    wait_until("every job finished", Duration::from_secs(120), || async {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
             .fetch_one(&pool)
             .await
@@ -810,9 +748,6 @@ async fn busy_worker_never_deadlocks_or_loses_a_lease(pool: PgPool) {
 async fn no_wake_up_is_lost_to_a_claim_in_flight(pool: PgPool) {
     struct Started(tokio::sync::mpsc::UnboundedSender<JobId>);
     impl JobHandler for Started {
-        async fn startup_recovery(&self) -> anyhow::Result<()> {
-            Ok(())
-        }
         async fn run(&self, ctx: JobContext) -> JobOutcome {
             let _ = self.0.send(ctx.job.id);
             JobOutcome::Succeeded

@@ -9,9 +9,43 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
-use volsnap_shared::domain::{JobKind, JobState};
+use volsnap_shared::domain::JobState;
 use volsnap_shared::ids::{JobId, WorkloadId};
-use volsnap_shared::queue::{self, EnqueueError, NewJob};
+use volsnap_shared::queue::{self, EnqueueError};
+
+#[path = "../../shared/tests/support/mod.rs"]
+mod support;
+use support::{enqueue, new_job, wait_until, workload};
+
+/// `wait_until`, but a timeout first prints the jobs, the workers and the probes'
+/// records, so a failure on a loaded machine can be read afterwards.
+async fn wait_or_dump<F, Fut>(pool: &PgPool, what: &str, timeout: Duration, f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    use futures::FutureExt as _;
+    let waited = std::panic::AssertUnwindSafe(wait_until(what, timeout, f))
+        .catch_unwind()
+        .await;
+    if let Err(panic) = waited {
+        for (name, sql) in [
+            ("jobs", "SELECT row_to_json(t)::text FROM jobs t"),
+            ("workers", "SELECT row_to_json(t)::text FROM workers t"),
+            (
+                "probe events",
+                "SELECT row_to_json(t)::text FROM queue_probe t ORDER BY at",
+            ),
+        ] {
+            let rows: Vec<String> = sqlx::query_scalar(sql)
+                .fetch_all(pool)
+                .await
+                .unwrap_or_else(|e| vec![format!("(could not read: {e})")]);
+            eprintln!("--- {name} at the timeout:\n{}", rows.join("\n"));
+        }
+        std::panic::resume_unwind(panic);
+    }
+}
 
 const PROBE: &str = env!("CARGO_BIN_EXE_queue-probe");
 
@@ -77,56 +111,12 @@ async fn setup(pool: &PgPool) {
     .unwrap();
 }
 
-async fn workload(pool: &PgPool, node: &str) -> WorkloadId {
-    let id = WorkloadId::new();
-    sqlx::query(
-        "INSERT INTO workloads (id, name, project, stage, node, source_kind, image) \
-         VALUES ($1, $2, 'p', 's', $3, 'image', 'busybox')",
-    )
-    .bind(id)
-    .bind(format!("w-{}", &id.to_string()[24..]))
-    .bind(node)
-    .execute(pool)
-    .await
-    .unwrap();
-    id
-}
-
-async fn enqueue(pool: &PgPool, w: WorkloadId, node: &str) -> Result<JobId, EnqueueError> {
-    let mut conn = pool.acquire().await.unwrap();
-    queue::enqueue(
-        &mut conn,
-        &NewJob {
-            kind: JobKind::Capture,
-            workload_id: w,
-            snapshot_id: None,
-            node: node.into(),
-            batch_id: None,
-            requested_by: Some("test".into()),
-        },
-    )
-    .await
-    .map(|j| j.id)
-}
-
 async fn state(pool: &PgPool, id: JobId) -> (JobState, bool, i32, String) {
     sqlx::query_as("SELECT state, recovering, attempt, node FROM jobs WHERE id = $1")
         .bind(id)
         .fetch_one(pool)
         .await
         .unwrap()
-}
-
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Three worker processes on one node (plus one on another node) run 300 jobs over 10
@@ -160,7 +150,7 @@ async fn workers_never_share_a_job_or_a_workload(
         feeders.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             while ids.len() < per_workload {
-                match enqueue(&pool, w, "node-a").await {
+                match enqueue(&pool, &new_job(w, "node-a")).await {
                     Ok(id) => ids.push(id),
                     Err(EnqueueError::AlreadyActive { .. }) => {
                         tokio::time::sleep(Duration::from_millis(2)).await
@@ -176,13 +166,18 @@ async fn workers_never_share_a_job_or_a_workload(
         all.extend(f.await.unwrap());
     }
     assert_eq!(all.len(), 300);
-    wait_until("all 300 jobs final", Duration::from_secs(120), || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        n == 300
-    })
+    wait_or_dump(
+        &pool,
+        "all 300 jobs final",
+        Duration::from_secs(120),
+        || async {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            n == 300
+        },
+    )
     .await;
 
     // Exactly one start and one end per job, all on node-a workers.
@@ -255,8 +250,8 @@ async fn killed_worker_job_comes_back_for_recovery(
     ];
     let victim = Worker::spawn(&url, "node-a", &slow);
     let w = workload(&pool, "node-a").await;
-    let job = enqueue(&pool, w, "node-a").await.unwrap();
-    wait_until("job running", Duration::from_secs(20), || async {
+    let job = enqueue(&pool, &new_job(w, "node-a")).await.unwrap();
+    wait_or_dump(&pool, "job running", Duration::from_secs(20), || async {
         state(&pool, job).await.0 == JobState::Running
     })
     .await;
@@ -265,7 +260,7 @@ async fn killed_worker_job_comes_back_for_recovery(
     drop(victim);
 
     // Nobody else runs yet: rescue it ourselves as a worker's maintenance pass would.
-    wait_until("job rescued", Duration::from_secs(10), || async {
+    wait_or_dump(&pool, "job rescued", Duration::from_secs(10), || async {
         queue::rescue_expired(&pool, Duration::from_secs(1))
             .await
             .unwrap();
@@ -284,9 +279,12 @@ async fn killed_worker_job_comes_back_for_recovery(
 
     // A new worker on the node claims it as a recovery (attempt 2) and finishes it.
     let fresh = Worker::spawn(&url, "node-a", &["--work-ms", "10"]);
-    wait_until("recovered job done", Duration::from_secs(20), || async {
-        state(&pool, job).await.0 == JobState::Succeeded
-    })
+    wait_or_dump(
+        &pool,
+        "recovered job done",
+        Duration::from_secs(20),
+        || async { state(&pool, job).await.0 == JobState::Succeeded },
+    )
     .await;
     let (recovering_run, attempt): (bool, i32) = sqlx::query_as(
         "SELECT recovering, attempt FROM queue_probe WHERE job_id = $1 AND event = 'start' ORDER BY at DESC LIMIT 1",
@@ -326,8 +324,8 @@ async fn stale_owner_is_fenced_and_locked_out(
         ],
     );
     let w = workload(&pool, "node-a").await;
-    let job = enqueue(&pool, w, "node-a").await.unwrap();
-    wait_until("job running", Duration::from_secs(20), || async {
+    let job = enqueue(&pool, &new_job(w, "node-a")).await.unwrap();
+    wait_or_dump(&pool, "job running", Duration::from_secs(20), || async {
         state(&pool, job).await.0 == JobState::Running
     })
     .await;
@@ -348,7 +346,8 @@ async fn stale_owner_is_fenced_and_locked_out(
             "0.2",
         ],
     );
-    wait_until(
+    wait_or_dump(
+        &pool,
         "rival claimed and handed back",
         Duration::from_secs(20),
         || async {
@@ -371,7 +370,7 @@ async fn stale_owner_is_fenced_and_locked_out(
 
     // Resume the stale owner: its next fenced update fails; its failure is not recorded.
     stale.signal(Signal::SIGCONT);
-    wait_until("stale owner noticed it was fenced", Duration::from_secs(20), || async {
+    wait_or_dump(&pool, "stale owner noticed it was fenced", Duration::from_secs(20), || async {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM queue_probe WHERE job_id = $1 AND event = 'fenced' AND attempt = 1",
         )
@@ -382,7 +381,8 @@ async fn stale_owner_is_fenced_and_locked_out(
         n == 1
     })
     .await;
-    wait_until(
+    wait_or_dump(
+        &pool,
         "job recovered by the rival",
         Duration::from_secs(30),
         || async { state(&pool, job).await.0 == JobState::Succeeded },

@@ -126,9 +126,12 @@ impl JobOutcome {
     }
 }
 
-/// What the agent runs. `startup_recovery` runs once, before the first claim.
+/// What the agent runs. `startup_recovery` runs once, before the first claim (by
+/// default it has nothing to do).
 pub trait JobHandler: Send + Sync + 'static {
-    fn startup_recovery(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
+    fn startup_recovery(&self) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async { Ok(()) }
+    }
     fn run(&self, ctx: JobContext) -> impl Future<Output = JobOutcome> + Send;
 }
 

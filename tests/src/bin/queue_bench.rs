@@ -32,9 +32,6 @@ struct Starts {
 }
 
 impl JobHandler for Starts {
-    async fn startup_recovery(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
     async fn run(&self, ctx: JobContext) -> JobOutcome {
         let now = Instant::now();
         if let Some(tx) = self.waiting.lock().unwrap().remove(&ctx.job.id) {
@@ -46,9 +43,6 @@ impl JobHandler for Starts {
 
 struct Trivial;
 impl JobHandler for Trivial {
-    async fn startup_recovery(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
     async fn run(&self, _ctx: JobContext) -> JobOutcome {
         JobOutcome::Succeeded
     }

@@ -63,10 +63,6 @@ impl Probe {
 }
 
 impl JobHandler for Probe {
-    async fn startup_recovery(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
-
     async fn run(&self, ctx: JobContext) -> JobOutcome {
         self.record(&ctx, "start").await;
         let step = self.work / self.steps.max(1) as u32;
