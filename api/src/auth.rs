@@ -10,25 +10,31 @@
 //! a time.
 //!
 //! Authorisation is one rule: `GET`/`HEAD` need any valid token, every other method an
-//! admin token.
+//! admin token. `GET /api/whoami` tells a client which token it holds (name and role),
+//! so a client such as the web UI never has to probe a write route to find out.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::extract::{Request, State};
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use rand::RngCore;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use volsnap_shared::db;
 use volsnap_shared::domain::Role;
 use volsnap_shared::ids::TokenId;
 
 use crate::AppState;
-use crate::error::Error;
+use crate::error::{Error, ErrorBody};
 
 /// A token's prefix: makes leaked tokens easy to recognise (and to scan for).
 pub const TOKEN_PREFIX: &str = "volsnap_";
@@ -189,6 +195,37 @@ pub async fn require_token(
     }
     req.extensions_mut().insert(caller);
     Ok(next.run(req).await)
+}
+
+/// `GET /api/whoami` (behind [`require_token`] like every `/api` route).
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(whoami))
+}
+
+/// The token a request was made with: never the secret or its hash.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Whoami {
+    /// The token's row id (as in `volsnap-api token list`; `token revoke` takes it).
+    pub token_id: TokenId,
+    /// The name given at `volsnap-api token create --name`; jobs it enqueues carry it as
+    /// `requested_by`.
+    pub name: String,
+    /// `admin` may call every route, `viewer` only `GET`/`HEAD` ones.
+    pub role: Role,
+}
+
+/// The calling token's name and role. Any valid token may ask; it changes nothing.
+#[utoipa::path(get, path = "/api/whoami", tag = "auth",
+    responses(
+        (status = 200, description = "the token the request was made with", body = Whoami),
+        (status = 401, description = "no valid token", body = ErrorBody),
+    ))]
+async fn whoami(Extension(caller): Extension<Caller>) -> axum::Json<Whoami> {
+    axum::Json(Whoami {
+        token_id: caller.token_id,
+        name: caller.name,
+        role: caller.role,
+    })
 }
 
 #[cfg(test)]

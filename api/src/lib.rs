@@ -103,6 +103,7 @@ impl AppState {
 /// The `/api` routes with their OpenAPI description (auth not yet applied).
 pub fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
+        .merge(auth::router())
         .merge(workloads::router())
         .merge(snapshots::router())
         .merge(restores::router())

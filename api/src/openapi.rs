@@ -30,6 +30,7 @@ use crate::AppState;
     security(("bearer" = [])),
     components(schemas(crate::error::ErrorBody)),
     tags(
+        (name = "auth", description = "the calling token"),
         (name = "workloads"), (name = "snapshots"), (name = "restores"),
         (name = "jobs"), (name = "batches"), (name = "ops")
     )

@@ -8,6 +8,7 @@
 //   URL); any 401 clears it and returns to the sign-in form with the API's message.
 // - Lists are fetched a page at a time with the API's cursor; live updates touch only
 //   the rows whose job changed.
+// - The token's name and role come from GET /api/whoami; signing in sends only reads.
 (function () {
   'use strict';
 
@@ -20,7 +21,6 @@
   const MAX_SINGLE_REFRESH = 20; // finished jobs re-read one by one per refresh, at most
   const JOB_STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'];
   const ACTIVE_STATES = ['queued', 'running'];
-  const NIL_UUID = '00000000-0000-0000-0000-000000000000';
   const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
   const $ = (id) => document.getElementById(id);
@@ -115,6 +115,10 @@
     token: null,
     /** 'admin', 'viewer', or null (unknown: the API still decides every write). */
     role: null,
+    /** The token's name, as GET /api/whoami gives it (null until known). */
+    name: null,
+    /** A GET /api/whoami is out (a retry while the role is unknown). */
+    asking: false,
     /** Bumped on every sign-in and sign-out: answers from an older session are dropped. */
     gen: 0,
   };
@@ -190,6 +194,7 @@
   function showError(box, e) {
     if (quiet(e)) return;
     setContent(box, ...errorContent(e));
+    delete box.dataset.whoami;
     box.hidden = false;
     if (e instanceof ApiError && e.status === 403) becomeViewer();
   }
@@ -197,6 +202,7 @@
   function hideError(box) {
     box.hidden = true;
     box.replaceChildren();
+    delete box.dataset.whoami;
   }
 
   function notify(...parts) {
@@ -213,18 +219,47 @@
     else setContent(el, 'Not updating: ', ...errorContent(e), ' (retrying)');
   }
 
-  // There is no "who am I" route. A cancel of the nil job id tells the role without
-  // changing anything: the auth layer answers a viewer 403 before any handler runs,
-  // and an admin gets 404 job_not_found.
-  async function detectRole() {
+  /**
+   * The token's name and role from GET /api/whoami (read-only; any valid token may ask).
+   * A 401 ends the session (api() does that); any other failure leaves them unknown and
+   * is thrown: the page still works, and the API still decides every write.
+   */
+  async function whoami() {
+    const { body } = await api('GET', '/api/whoami');
+    const role = body && (body.role === 'admin' || body.role === 'viewer') ? body.role : null;
+    const name = body && typeof body.name === 'string' ? body.name : null;
+    if (!role) throw new ApiError(0, 'bad_answer', 'GET /api/whoami gave no role');
+    return { name, role };
+  }
+
+  /** Show who is signed in, and enable or disable the write buttons to match. */
+  function setIdentity(name, role) {
+    const changed = session.role !== role;
+    session.name = name;
+    session.role = role;
+    renderWhoami();
+    if (!changed) return;
+    renderSnapshotButtons();
+    for (const row of jobsList.rows.values()) replaceRow(row, row.job);
+    if (jobView.job) renderJob(jobView.job);
+  }
+
+  /** The role is still unknown (whoami failed, not with 401): ask again, one at a time. */
+  async function retryWhoami() {
+    if (session.role || session.asking || !session.token) return;
+    session.asking = true;
+    const gen = session.gen;
     try {
-      await api('POST', `/api/jobs/${NIL_UUID}/cancel`);
-      return 'admin';
-    } catch (e) {
-      if (quiet(e)) throw e;
-      if (e.status === 403) return 'viewer';
-      if (e.status === 404) return 'admin';
-      return null;
+      const me = await whoami();
+      if (gen === session.gen && !session.role) {
+        setIdentity(me.name, me.role);
+        const box = $('page-error');
+        if (box.dataset.whoami) hideError(box);
+      }
+    } catch (_) {
+      // still unknown; the next jobs refresh asks again
+    } finally {
+      if (gen === session.gen) session.asking = false;
     }
   }
 
@@ -232,20 +267,33 @@
     session.gen++;
     session.token = token;
     session.role = null;
+    session.name = null;
+    session.asking = false;
     try {
       sessionStorage.setItem(TOKEN_KEY, token);
     } catch (_) {
       // storage refused (private mode quota): the session lasts as long as the page
     }
-    let role;
+    let me = null;
+    let failure = null;
     try {
-      role = await detectRole();
+      me = await whoami();
     } catch (e) {
       if (quiet(e)) return;
-      throw e;
+      failure = e;
     }
-    session.role = role;
+    if (me) {
+      session.name = me.name;
+      session.role = me.role;
+    }
     enterApp();
+    if (failure) {
+      const box = $('page-error');
+      setContent(box, 'Could not tell whether this token is admin or viewer (',
+        ...errorContent(failure), '); the buttons stay enabled and the API decides. Asking again…');
+      box.dataset.whoami = 'unknown';
+      box.hidden = false;
+    }
   }
 
   /** Forget the token and go back to the sign-in form. */
@@ -253,6 +301,8 @@
     session.gen++;
     session.token = null;
     session.role = null;
+    session.name = null;
+    session.asking = false;
     try {
       sessionStorage.removeItem(TOKEN_KEY);
     } catch (_) {
@@ -283,19 +333,18 @@
     input.focus();
   }
 
+  /** "signed in as NAME (ROLE)"; the name is someone's input, so it is text only. */
   function renderWhoami() {
     const el = $('whoami');
     el.hidden = false;
-    if (session.role === 'viewer') {
-      el.textContent = 'viewer · read-only';
-      el.className = 'badge viewer';
-    } else if (session.role === 'admin') {
-      el.textContent = 'admin';
-      el.className = 'badge admin';
-    } else {
-      el.textContent = 'role unknown';
-      el.className = 'badge';
-    }
+    const role = session.role === 'viewer' ? 'viewer · read-only'
+      : session.role === 'admin' ? 'admin' : 'role unknown';
+    setContent(el, 'signed in as ',
+      h('strong', { id: 'whoami-name' }, session.name === null ? '(unknown token)' : session.name),
+      ` (${role})`);
+    el.className = session.role ? `badge ${session.role}` : 'badge';
+    if (session.role) el.dataset.role = session.role;
+    else delete el.dataset.role;
   }
 
   function enterApp() {
@@ -314,12 +363,7 @@
 
   /** A write was refused with 403: show the page as the read-only page it is. */
   function becomeViewer() {
-    if (session.role === 'viewer') return;
-    session.role = 'viewer';
-    renderWhoami();
-    renderSnapshotButtons();
-    for (const row of jobsList.rows.values()) replaceRow(row, row.job);
-    if (jobView.job) renderJob(jobView.job);
+    if (session.role !== 'viewer') setIdentity(session.name, 'viewer');
   }
 
   const writeBlocker = () =>
@@ -819,6 +863,7 @@
       mergeNewest(body);
       await refreshOlderActive(new Set(body.items.map((j) => j.id)), ctrl.signal, epoch);
       setLive(true);
+      retryWhoami();
     } catch (e) {
       if (!quiet(e)) setLive(false, e);
     } finally {

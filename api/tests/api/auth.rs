@@ -22,6 +22,7 @@ async fn every_api_route_needs_a_token_and_writes_need_admin(pool: PgPool) {
         uuid::Uuid::new_v4(),
     );
     let reads = [
+        "/api/whoami".to_owned(),
         "/api/workloads".to_owned(),
         format!("/api/workloads/{w}"),
         format!("/api/workloads/{w}/snapshots"),

@@ -13,4 +13,5 @@ mod ops;
 mod restore_matrix;
 mod snapshots;
 mod wait;
+mod whoami;
 mod workloads;

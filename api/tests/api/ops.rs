@@ -2,7 +2,7 @@
 //! failures (unknown route, wrong method, malformed input).
 
 use axum::http::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::common::*;
@@ -87,7 +87,8 @@ async fn openapi_describes_every_route(pool: PgPool) {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths = doc["paths"].as_object().unwrap();
     for (path, methods) in [
-        ("/api/workloads", &["get", "post"][..]),
+        ("/api/whoami", &["get"][..]),
+        ("/api/workloads", &["get", "post"]),
         ("/api/workloads/{id}", &["get", "put", "delete"]),
         ("/api/workloads/{id}/snapshots", &["get", "post"]),
         ("/api/snapshots/{sid}", &["get", "delete"]),
@@ -118,6 +119,28 @@ async fn openapi_describes_every_route(pool: PgPool) {
         );
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+
+    // whoami: bearer-protected like every /api route (no per-route `security: []`
+    // override, as the open routes have), 200 and 401 documented, role an enum.
+    let whoami = &paths["/api/whoami"]["get"];
+    assert!(whoami.get("security").is_none(), "{whoami}");
+    assert_eq!(doc["security"], json!([{"bearer": []}]));
+    for code in ["200", "401"] {
+        assert!(whoami["responses"].get(code).is_some(), "whoami {code}");
+    }
+    let schema = &doc["components"]["schemas"]["Whoami"];
+    let mut required: Vec<&str> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    required.sort_unstable();
+    assert_eq!(required, ["name", "role", "token_id"], "{schema}");
+    assert_eq!(
+        doc["components"]["schemas"]["Role"]["enum"],
+        json!(["admin", "viewer"])
+    );
 }
 
 #[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]

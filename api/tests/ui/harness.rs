@@ -82,7 +82,8 @@ pub fn database_url(pool: &PgPool) -> String {
     )
 }
 
-/// `volsnap-api serve` on a free loopback port.
+/// `volsnap-api serve` on a free loopback port. Its log includes one line per request
+/// received (`tower_http` at debug), so a test can see what the page asked the API.
 pub struct ApiServer {
     child: Child,
     pub url: String,
@@ -94,7 +95,7 @@ impl ApiServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_volsnap-api"))
             .args(["serve", "--addr", "127.0.0.1:0"])
             .env("DATABASE_URL", database_url)
-            .env("RUST_LOG", "info,sqlx=warn,tower_http=warn")
+            .env("RUST_LOG", "info,sqlx=warn,tower_http=debug")
             .env("NO_COLOR", "1")
             .env_remove("VOLSNAP_API_ADDR")
             .stdout(Stdio::null())
@@ -130,6 +131,27 @@ impl ApiServer {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Every request the API has received so far, in order: `(method, path?query)`.
+    /// From the `tower_http` trace lines: `request{method=GET uri=/api/jobs …}: … started
+    /// processing request`.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.log
+            .lock()
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("started processing request"))
+            .filter_map(|l| {
+                let span = l.split_once("request{")?.1.split_once('}')?.0;
+                let field = |k: &str| {
+                    span.split_whitespace()
+                        .find_map(|kv| kv.strip_prefix(k))
+                        .map(str::to_owned)
+                };
+                Some((field("method=")?, field("uri=")?))
+            })
+            .collect()
     }
 }
 
@@ -254,6 +276,11 @@ where
     }
 }
 
+/// The names of [`Ui`]'s two tokens: not their roles' words, so a page that shows the
+/// role where the name belongs (or the other way round) is caught.
+pub const ADMIN_NAME: &str = "ops-admin";
+pub const VIEWER_NAME: &str = "ops-viewer";
+
 /// One test's world: the database, the API binary on it, a browser, two tokens.
 pub struct Ui {
     pub api: ApiServer,
@@ -265,8 +292,8 @@ pub struct Ui {
 
 impl Ui {
     pub async fn start(pool: PgPool) -> Ui {
-        let admin = common::token(&pool, "admin", Role::Admin).await;
-        let viewer = common::token(&pool, "viewer", Role::Viewer).await;
+        let admin = common::token(&pool, ADMIN_NAME, Role::Admin).await;
+        let viewer = common::token(&pool, VIEWER_NAME, Role::Viewer).await;
         let url = database_url(&pool);
         let api = tokio::task::spawn_blocking(move || ApiServer::start(&url));
         let browser = Browser::start().await;
@@ -390,6 +417,55 @@ impl Ui {
             (self.row_state(&job).await.as_deref() == Some(state)).then_some(())
         })
         .await
+    }
+
+    /// The requests the API received from the page's `n`-th sign-in (0: the first) up to
+    /// its first jobs list read, once that read has arrived. A sign-in (with the form
+    /// or from the tab's stored token) starts with `GET /api/whoami`.
+    pub async fn sign_in_requests(&self, n: usize) -> Vec<(String, String)> {
+        eventually(
+            "the API to log the page's sign-in and its first jobs read",
+            || async {
+                let all = self.api.requests();
+                let start = all
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, uri))| uri == "/api/whoami")
+                    .nth(n)?
+                    .0;
+                let end = start
+                    + all[start..]
+                        .iter()
+                        .position(|(m, uri)| m == "GET" && uri.starts_with("/api/jobs?"))?;
+                Some(all[start..=end].to_vec())
+            },
+        )
+        .await
+    }
+
+    /// Signing in asked `GET /api/whoami` once, first, and made no other request than
+    /// reads: in particular no `POST …/cancel` used as a role probe.
+    pub async fn assert_sign_in_only_reads(&self, n: usize) {
+        let seen = self.sign_in_requests(n).await;
+        let all = self.api.requests();
+        assert_eq!(
+            seen[0],
+            ("GET".to_owned(), "/api/whoami".to_owned()),
+            "{seen:?}"
+        );
+        assert_eq!(
+            seen.iter().filter(|(_, u)| u == "/api/whoami").count(),
+            1,
+            "{seen:?}"
+        );
+        assert!(
+            seen.iter().all(|(m, _)| m == "GET"),
+            "signing in made a non-GET request: {seen:?}"
+        );
+        assert!(
+            !all.iter().any(|(_, u)| u.contains("/cancel")),
+            "a cancel was sent: {all:?}"
+        );
     }
 
     /// A request to the API as a client (not the browser) would make it.

@@ -110,7 +110,7 @@ async fn restore_needs_the_typed_name_and_its_row_follows_the_job_live(pool: PgP
     let (job, state, kind, by) = jobs[0].clone();
     assert_eq!(
         (state.as_str(), kind.as_str(), by.as_deref()),
-        ("queued", "restore", Some("admin"))
+        ("queued", "restore", Some(ADMIN_NAME))
     );
     ui.wait_text("#notice", &[&job, "queued"]).await;
     ui.wait_row_state(&job, "queued").await;
@@ -209,7 +209,13 @@ async fn a_viewer_cannot_restore_or_cancel(pool: PgPool) {
     let sid2 = ready_snapshot(&pool, &w2).await;
 
     ui.sign_in_ok(&ui.viewer).await;
-    assert_eq!(ui.text("#whoami").await, "viewer · read-only");
+    // The role is known from GET /api/whoami before anything is tried: signing in only
+    // read (no 403 could have told the page), yet the write buttons are disabled.
+    assert_eq!(
+        ui.text("#whoami").await,
+        format!("signed in as {VIEWER_NAME} (viewer · read-only)")
+    );
+    ui.assert_sign_in_only_reads(0).await;
     ui.wait_row_state(&queued, "queued").await;
     let cancel = ui
         .find(&format!(

@@ -92,7 +92,15 @@ async fn admin_sees_workloads_snapshots_and_jobs(pool: PgPool) {
     .await;
 
     ui.sign_in_ok(&ui.admin).await;
-    assert_eq!(ui.text("#whoami").await, "admin");
+    // Name and role come from GET /api/whoami; signing in only read.
+    let signed_in = format!("signed in as {ADMIN_NAME} (admin)");
+    assert_eq!(ui.text("#whoami").await, signed_in);
+    assert_eq!(
+        ui.js("return document.getElementById('whoami').dataset.role")
+            .await,
+        json!("admin")
+    );
+    ui.assert_sign_in_only_reads(0).await;
     let names = ui
         .wait_text("#workloads-table tbody", &[&w.name, &other.name])
         .await;
@@ -142,7 +150,7 @@ async fn admin_sees_workloads_snapshots_and_jobs(pool: PgPool) {
     ui.wait_text("#job-fields", &["insufficient_space", "restore"])
         .await;
     assert_eq!(ui.text("#job-id").await, job);
-    assert_eq!(ui.text("dd[data-field=requested-by]").await, "admin");
+    assert_eq!(ui.text("dd[data-field=requested-by]").await, ADMIN_NAME);
     assert_eq!(ui.text("dd[data-field=snapshot]").await, sid.to_string());
     assert!(
         ui.js("return location.hash")
@@ -165,6 +173,11 @@ async fn admin_sees_workloads_snapshots_and_jobs(pool: PgPool) {
     assert_eq!(kept[1], json!(0));
     assert_eq!(kept[2], json!(""));
     assert!(!kept[3].as_str().unwrap().contains(&ui.admin));
+
+    // A reload signs in again with the stored token: whoami again, still only reads.
+    ui.client().refresh().await.unwrap();
+    ui.wait_text("#whoami", &[&signed_in]).await;
+    ui.assert_sign_in_only_reads(1).await;
 
     // Sign out forgets it.
     ui.click("#signout").await;
@@ -200,7 +213,7 @@ async fn a_refused_token_returns_to_the_login_form_with_a_message(pool: PgPool) 
     // token cache forgets it within 2 s) and the page goes back to the form.
     ui.sign_in_ok(&ui.admin).await;
     assert!(!ui.find("#login-view").await.is_displayed().await.unwrap());
-    db::tokens::revoke(&pool, "admin").await.unwrap();
+    db::tokens::revoke(&pool, ADMIN_NAME).await.unwrap();
     let msg = ui
         .wait_text("#login-message", &["401", "Sign in again"])
         .await;
@@ -211,5 +224,85 @@ async fn a_refused_token_returns_to_the_login_form_with_a_message(pool: PgPool) 
         ui.js("return sessionStorage.getItem('volsnap.token')")
             .await,
         json!(null)
+    );
+}
+
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn an_unanswered_whoami_leaves_the_role_unknown_until_asked_again(pool: PgPool) {
+    let ui = Ui::start(pool.clone()).await;
+    let w = workload_row(&pool, "node-a", SourceKind::Image).await;
+    let sid = ready_snapshot(&pool, &w).await;
+    let queued = ui.restore_via_api(w.id, sid).await;
+    let cancel_css = format!("#jobs-table tr[data-job-id=\"{queued}\"] button.cancel");
+
+    // The page's GET /api/whoami fails as if the network dropped it (every other
+    // request goes through), until the test lets it through.
+    ui.client().goto(&format!("{}/", ui.api.url)).await.unwrap();
+    ui.visible("#token").await;
+    ui.js("window.__blockWhoami = true; window.__whoamiBlocked = 0; \
+         const real = window.fetch; \
+         window.fetch = function (input, init) { \
+           if (window.__blockWhoami && String(input).endsWith('/api/whoami')) { \
+             window.__whoamiBlocked++; \
+             return Promise.reject(new TypeError('dropped by the test')); \
+           } \
+           return real.call(this, input, init); \
+         }; return null")
+        .await;
+    ui.find("#token").await.send_keys(&ui.viewer).await.unwrap();
+    ui.find("#signin").await.click().await.unwrap();
+
+    // The page opens anyway, says it does not know the role, and leaves the buttons to
+    // the API.
+    ui.wait_row_state(&queued, "queued").await;
+    assert_eq!(
+        ui.text("#whoami").await,
+        "signed in as (unknown token) (role unknown)"
+    );
+    let shown = ui
+        .wait_text("#page-error", &["Could not tell", "network_error"])
+        .await;
+    assert!(shown.contains("dropped by the test"), "{shown}");
+    assert!(ui.find(&cancel_css).await.is_enabled().await.unwrap());
+
+    // Once whoami answers, the next jobs refresh learns the role: read-only now.
+    ui.js("window.__blockWhoami = false; return null").await;
+    ui.wait_text(
+        "#whoami",
+        &[&format!("signed in as {VIEWER_NAME} (viewer · read-only)")],
+    )
+    .await;
+    ui.wait_js(
+        "the cancel button to be disabled",
+        &format!("return document.querySelector('{cancel_css}').disabled || null"),
+    )
+    .await;
+    assert!(!ui.find("#page-error").await.is_displayed().await.unwrap());
+    assert!(
+        ui.js("return window.__whoamiBlocked")
+            .await
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    // The page (from its load on) made nothing but reads, and whoami reached the API
+    // once: the retry that got through.
+    let asked: Vec<_> = ui
+        .api
+        .requests()
+        .into_iter()
+        .skip_while(|(m, u)| !(m == "GET" && u == "/"))
+        .collect();
+    assert_eq!(
+        asked.iter().filter(|(_, u)| u == "/api/whoami").count(),
+        1,
+        "{asked:?}"
+    );
+    assert!(
+        asked
+            .iter()
+            .filter(|(_, u)| u.starts_with("/api/"))
+            .all(|(m, _)| m == "GET"),
+        "{asked:?}"
     );
 }

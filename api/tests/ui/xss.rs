@@ -73,6 +73,8 @@ async fn hostile_names_render_as_text(pool: PgPool) {
     let token = token(&pool, TOKEN_NAME, Role::Admin).await;
 
     ui.sign_in_ok(&token).await;
+    // The header names the token (from GET /api/whoami) as text.
+    assert_eq!(ui.text("#whoami-name").await, TOKEN_NAME);
     let row = format!("#workloads-table tr[data-workload-id=\"{}\"]", w.id);
     ui.visible(&row).await;
     assert_eq!(ui.text(&format!("{row} td.name")).await, NAME);
