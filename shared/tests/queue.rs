@@ -773,3 +773,45 @@ async fn no_wake_up_is_lost_to_a_claim_in_flight(pool: PgPool) {
     stop.cancel();
     worker.await.unwrap().unwrap();
 }
+
+/// A job whose handler gives up without an outcome (what a lost lock connection makes
+/// it do: `Abandon`) stays `running` with nobody heartbeating it. This process's own
+/// orphan check sends it back for recovery within a few heartbeats, not a lease.
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn an_abandoned_job_is_recovered_without_waiting_for_the_lease(pool: PgPool) {
+    #[derive(Default)]
+    struct GiveUpOnce(Mutex<Vec<(i32, bool)>>);
+    impl JobHandler for GiveUpOnce {
+        async fn run(&self, ctx: JobContext) -> JobOutcome {
+            self.0
+                .lock()
+                .unwrap()
+                .push((ctx.job.attempt, ctx.job.recovering));
+            if ctx.job.attempt == 1 {
+                JobOutcome::Abandon
+            } else {
+                JobOutcome::Succeeded
+            }
+        }
+    }
+    let w = workload(&pool, "n1").await;
+    let id = enqueue(&pool, &new_job(w, "n1")).await.unwrap();
+    let mut cfg = fast_config("n1");
+    cfg.lease = Duration::from_secs(120);
+    let runs = Arc::new(GiveUpOnce::default());
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(run(pool.clone(), cfg, runs.clone(), stop.clone()));
+    wait_until(
+        "the abandoned job recovered (the lease is 120 s)",
+        Duration::from_secs(15),
+        || async { job_state(&pool, id).await == JobState::Succeeded },
+    )
+    .await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    assert_eq!(
+        *runs.0.lock().unwrap(),
+        vec![(1, false), (2, true)],
+        "the second run must be a recovery"
+    );
+}

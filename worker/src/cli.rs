@@ -55,7 +55,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let pool = volsnap_shared::database::connect(
         common.database_url.as_deref(),
         &common.state_dir,
-        (queue_cfg.concurrency as u32) * 2 + 4,
+        volsnap_shared::queue::worker::min_pool_size(queue_cfg.concurrency),
     )
     .await?;
     volsnap_shared::database::ensure_migrated(&pool).await?;

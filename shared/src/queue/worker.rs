@@ -91,11 +91,11 @@ impl WorkerConfig {
     }
 }
 
-/// The smallest pool a worker with `concurrency` slots can run on: the lock holder
-/// keeps one connection; claims, heartbeats, the completer and each running handler's
-/// own queries share the rest.
+/// The pool a worker with `concurrency` slots should have: the lock holder keeps one
+/// connection; claims, heartbeats, the completer, each running handler's own queries
+/// and the outcome writes of up to `concurrency` jobs past their handler share the rest.
 pub fn min_pool_size(concurrency: usize) -> u32 {
-    concurrency as u32 + 4
+    concurrency as u32 * 2 + 4
 }
 
 /// How a job's run ended, as its handler reports it.
@@ -268,6 +268,25 @@ type FencedQuery = sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArgum
 /// The jobs this process holds, for the heartbeat.
 type Running = Arc<Mutex<HashMap<JobId, RunningJob>>>;
 
+/// Every job this process has claimed and not yet let go of (from the claim's answer
+/// until its task ends), and how many claims are sent but not yet entered here. The
+/// orphan check rescues this process's own running jobs only when no claim is pending
+/// and the job is not in hand: its task ended without writing an outcome.
+type InHand = Arc<Mutex<InHandJobs>>;
+
+#[derive(Default)]
+struct InHandJobs {
+    ids: std::collections::HashSet<JobId>,
+    pending_claims: usize,
+}
+
+impl InHandJobs {
+    /// True when `id` may be one of ours still being worked on.
+    fn may_hold(&self, id: JobId) -> bool {
+        self.pending_claims > 0 || self.ids.contains(&id)
+    }
+}
+
 struct RunningJob {
     attempt: i32,
     lease_lost: CancellationToken,
@@ -302,7 +321,7 @@ async fn release_unstarted(pool: &PgPool, jobs: &[Job]) -> Result<(), sqlx::Erro
     let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
     sqlx::query(
         "WITH locked AS MATERIALIZED \
-           (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE) \
+           (SELECT id FROM jobs WHERE id = ANY($1) AND state = 'running' ORDER BY id FOR UPDATE) \
          UPDATE jobs SET state = 'queued', worker_id = NULL, \
          phase = CASE WHEN recovering THEN 'awaiting recovery' ELSE 'queued' END \
          FROM unnest($1::uuid[], $2::int[]) AS t(id, attempt) JOIN locked l USING (id) \
@@ -331,7 +350,7 @@ pub async fn run<H: JobHandler>(
         .startup_recovery()
         .await
         .context("start-up recovery sweep")?;
-    let rescued = rescue_orphans_on_node(&pool, &cfg)
+    let rescued = rescue_orphans_on_node(&pool, &cfg, None)
         .await
         .context("rescuing orphaned jobs")?;
     if rescued > 0 {
@@ -347,6 +366,7 @@ pub async fn run<H: JobHandler>(
         .context("LISTEN for new jobs")?
         .subscribe();
     let running: Running = Arc::default();
+    let in_hand: InHand = Arc::default();
     let (completer, completer_task) = Completer::start(pool.clone(), cfg.status.clone());
     let (locks, locks_task) = Locks::start(pool.clone());
     let hb = tokio::spawn(heartbeat_loop(
@@ -355,7 +375,12 @@ pub async fn run<H: JobHandler>(
         running.clone(),
         bg_stop.clone(),
     ));
-    let maint = tokio::spawn(maintenance_loop(pool.clone(), cfg.clone(), bg_stop.clone()));
+    let maint = tokio::spawn(maintenance_loop(
+        pool.clone(),
+        cfg.clone(),
+        in_hand.clone(),
+        bg_stop.clone(),
+    ));
 
     // Each task yields Some(job id) when the workload lock was held elsewhere.
     let mut tasks: JoinSet<Option<JobId>> = JoinSet::new();
@@ -404,14 +429,17 @@ pub async fn run<H: JobHandler>(
         };
         let shared = task_shared.clone();
         let id = ctx.job.id;
+        let in_hand = in_hand.clone();
         tasks.spawn(async move {
-            match run_one(shared, slot, ctx).await {
+            let r = match run_one(shared, slot, ctx).await {
                 Ok(busy) => busy.then_some(id),
                 Err(e) => {
                     tracing::error!(job_id = %id, error = ?e, "running a job failed at the queue level");
                     None
                 }
-            }
+            };
+            in_hand.lock().expect("in-hand set").ids.remove(&id);
+            r
         });
     };
 
@@ -437,6 +465,7 @@ pub async fn run<H: JobHandler>(
                 let (pool, cfg) = (pool.clone(), cfg.clone());
                 let excluded: Vec<JobId> = lock_busy.keys().copied().collect();
                 let sent_at = wakes;
+                in_hand.lock().expect("in-hand set").pending_claims += 1;
                 claims.push(Box::pin(async move {
                     (claim(&pool, &cfg, want, &excluded).await, permits, sent_at)
                 }));
@@ -453,6 +482,13 @@ pub async fn run<H: JobHandler>(
             Some((result, mut permits, sent_at)) = claims.next(), if !claims.is_empty() => {
                 let asked = permits.num_permits();
                 reserved -= asked;
+                // Entered in hand (below) under the same lock that ends "pending".
+                let mut hand = in_hand.lock().expect("in-hand set");
+                hand.pending_claims -= 1;
+                if let Ok(jobs) = &result {
+                    hand.ids.extend(jobs.iter().map(|j| j.id));
+                }
+                drop(hand);
                 match result {
                     Ok(jobs) => {
                         drained = jobs.len() < asked && wakes == sent_at;
@@ -574,7 +610,14 @@ async fn claim(
         .fetch_all(pool)
         .await?;
     if jobs.len() < limit {
-        jobs.extend(claim_from_limited_batch(pool, cfg, limit - jobs.len(), excluded).await?);
+        match claim_from_limited_batch(pool, cfg, limit - jobs.len(), excluded).await {
+            Ok(more) => jobs.extend(more),
+            // The first statement's jobs are committed and ours: run them, never drop them.
+            Err(e) if !jobs.is_empty() => {
+                tracing::warn!(error = %e, "claiming from rate-limited batches failed; will retry");
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(jobs)
 }
@@ -852,7 +895,8 @@ async fn complete_batch(pool: &PgPool, batch: &[Completion]) -> Result<Vec<JobId
         "WITH quiet AS (SELECT set_config('volsnap.quiet_notify', 'on', true) AS q), \
          input AS (SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[]) \
                    AS t(id, attempt, state, phase, code, message)), \
-         locked AS MATERIALIZED (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE), \
+         locked AS MATERIALIZED (SELECT id FROM jobs WHERE id = ANY($1) AND state = 'running' \
+                                 ORDER BY id FOR UPDATE), \
          fin AS (UPDATE jobs j SET state = i.state, phase = i.phase, error_code = i.code, \
                    error_message = i.message, finished_at = clock_timestamp(), recovering = false \
                  FROM input i JOIN locked l USING (id) \
@@ -874,7 +918,9 @@ async fn complete_batch(pool: &PgPool, batch: &[Completion]) -> Result<Vec<JobId
         let payloads: Vec<String> = done.iter().map(|id| id.to_string()).collect();
         // A finished batch job frees a max_parallel slot: wake every node's workers.
         let wake_all = batch.iter().any(|c| c.batched && done.contains(&c.id));
-        sqlx::query(
+        // The finishes are committed: a failure from here on is only a missed wake-up
+        // (waiters re-check on their fallback timers), never a failed finish.
+        if let Err(e) = sqlx::query(
             "SELECT pg_notify($1, p) FROM unnest($2::text[]) p \
              UNION ALL SELECT pg_notify($3, '*') WHERE $4",
         )
@@ -883,7 +929,10 @@ async fn complete_batch(pool: &PgPool, batch: &[Completion]) -> Result<Vec<JobId
         .bind(INSERT_CHANNEL)
         .bind(wake_all)
         .execute(&mut *conn)
-        .await?;
+        .await
+        {
+            tracing::warn!(error = %e, jobs = done.len(), "notifying job finishes failed; waiters fall back to polling");
+        }
     }
     Ok(done)
 }
@@ -999,6 +1048,28 @@ async fn stop_batch_after_failures(
     Ok(())
 }
 
+/// Write the heartbeat of jobs still ours; returns those ids. Rows are locked in id
+/// order, as the completer does (see `complete_batch`), and only rows still running:
+/// a queued row may be held by a batch stop that waits for one of ours.
+async fn heartbeat_jobs(
+    pool: &PgPool,
+    ids: &[JobId],
+    attempts: &[i32],
+) -> Result<Vec<JobId>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH locked AS MATERIALIZED \
+           (SELECT id FROM jobs WHERE id = ANY($1) AND state = 'running' ORDER BY id FOR UPDATE) \
+         UPDATE jobs SET heartbeat_at = clock_timestamp() \
+         FROM unnest($1::uuid[], $2::int[]) AS t(id, attempt) JOIN locked l USING (id) \
+         WHERE jobs.id = t.id AND jobs.attempt = t.attempt AND jobs.state = 'running' \
+         RETURNING jobs.id",
+    )
+    .bind(ids)
+    .bind(attempts)
+    .fetch_all(pool)
+    .await
+}
+
 async fn heartbeat_loop(
     pool: PgPool,
     cfg: WorkerConfig,
@@ -1029,19 +1100,7 @@ async fn heartbeat_loop(
             if ids.is_empty() {
                 return Ok(vec![]);
             }
-            // Locks in id order, as the completer does (see `complete_batch`).
-            sqlx::query_scalar(
-                "WITH locked AS MATERIALIZED \
-                   (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE) \
-                 UPDATE jobs SET heartbeat_at = clock_timestamp() \
-                 FROM unnest($1::uuid[], $2::int[]) AS t(id, attempt) JOIN locked l USING (id) \
-                 WHERE jobs.id = t.id AND jobs.attempt = t.attempt AND jobs.state = 'running' \
-                 RETURNING jobs.id",
-            )
-            .bind(&ids)
-            .bind(&attempts)
-            .fetch_all(&pool)
-            .await
+            heartbeat_jobs(&pool, &ids, &attempts).await
         }
         .await;
         match res {
@@ -1080,7 +1139,12 @@ async fn heartbeat_loop(
     }
 }
 
-async fn maintenance_loop(pool: PgPool, cfg: WorkerConfig, stop: CancellationToken) {
+async fn maintenance_loop(
+    pool: PgPool,
+    cfg: WorkerConfig,
+    in_hand: InHand,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(cfg.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_rescue = Instant::now();
@@ -1090,8 +1154,9 @@ async fn maintenance_loop(pool: PgPool, cfg: WorkerConfig, stop: CancellationTok
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        // Jobs of this node whose owner died (lock free, heartbeat stale): at once.
-        if let Err(e) = rescue_orphans_on_node(&pool, &cfg).await {
+        // Jobs of this node whose owner died (lock free, heartbeat stale) or that this
+        // process let go of without an outcome: at once.
+        if let Err(e) = rescue_orphans_on_node(&pool, &cfg, Some(&in_hand)).await {
             tracing::warn!(error = %e, "orphan check failed");
         }
         // Jobs of any node whose lease ran out (their owner may be alive but cut off).
@@ -1118,25 +1183,39 @@ async fn maintenance_loop(pool: PgPool, cfg: WorkerConfig, stop: CancellationTok
 /// (at start-up and on every heartbeat tick) instead of waiting out their lease. An
 /// owner that is alive holds the workload's advisory lock for the whole run, so a lock
 /// we can take means a dead owner. Between its claim and its lock a live owner holds
-/// nothing, so more is required: the job's heartbeat and its owner's (the `workers`
-/// row) must both be stale, and the owner is never this process (its own jobs are its
-/// heartbeat's business; a stalled process is left to the lease).
-async fn rescue_orphans_on_node(pool: &PgPool, cfg: &WorkerConfig) -> Result<usize, sqlx::Error> {
-    let candidates: Vec<(JobId, i32, crate::ids::WorkloadId)> = sqlx::query_as(
-        "SELECT j.id, j.attempt, j.workload_id FROM jobs j \
-         WHERE j.state = 'running' AND j.node = $1 AND j.worker_id <> $3 \
+/// nothing, so more is required: the job's heartbeat must be stale, and either its
+/// owner is another process whose own heartbeat (the `workers` row) is stale too, or
+/// it is this process and the job is no longer in hand (its task ended without writing
+/// an outcome: a lost lock connection, a failed outcome write). `in_hand` is None at
+/// start-up, before this process holds anything.
+async fn rescue_orphans_on_node(
+    pool: &PgPool,
+    cfg: &WorkerConfig,
+    in_hand: Option<&InHand>,
+) -> Result<usize, sqlx::Error> {
+    let held: Vec<JobId> = in_hand.map_or_else(Vec::new, |h| {
+        h.lock().expect("in-hand set").ids.iter().copied().collect()
+    });
+    let candidates: Vec<(JobId, i32, crate::ids::WorkloadId, bool)> = sqlx::query_as(
+        "SELECT j.id, j.attempt, j.workload_id, j.worker_id = $3 FROM jobs j \
+         WHERE j.state = 'running' AND j.node = $1 \
            AND j.heartbeat_at < now() - make_interval(secs => $2) \
-           AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = j.worker_id \
-             AND w.stopped_at IS NULL AND w.heartbeat_at >= now() - make_interval(secs => $2))",
+           AND CASE WHEN j.worker_id = $3 THEN NOT (j.id = ANY($4)) \
+             ELSE NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = j.worker_id \
+               AND w.stopped_at IS NULL AND w.heartbeat_at >= now() - make_interval(secs => $2)) END",
     )
     .bind(&cfg.node)
     .bind((cfg.heartbeat_interval * 2).as_secs_f64())
     .bind(&cfg.worker_id)
+    .bind(&held)
     .fetch_all(pool)
     .await?;
     let mut rescued = 0;
-    for (id, attempt, workload) in candidates {
+    for (id, attempt, workload, ours) in candidates {
         let mut conn = pool.acquire().await?;
+        // The lock is a session lock on a pooled connection: if anything below fails,
+        // the connection is closed rather than returned to the pool still holding it.
+        conn.close_on_drop();
         let key = workload_lock_key(workload);
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
             .bind(ADVISORY_LOCK_CLASS)
@@ -1144,6 +1223,16 @@ async fn rescue_orphans_on_node(pool: &PgPool, cfg: &WorkerConfig) -> Result<usi
             .fetch_one(&mut *conn)
             .await?;
         if !got {
+            continue;
+        }
+        // Our own job: with its lock in our hand, make sure no claim of ours is about to
+        // start it (the query above saw the in-hand set before taking the lock).
+        if ours && in_hand.is_none_or(|h| h.lock().expect("in-hand set").may_hold(id)) {
+            let _: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1, $2)")
+                .bind(ADVISORY_LOCK_CLASS)
+                .bind(key)
+                .fetch_one(&mut *conn)
+                .await?;
             continue;
         }
         let n = sqlx::query(
@@ -1163,4 +1252,66 @@ async fn rescue_orphans_on_node(pool: &PgPool, cfg: &WorkerConfig) -> Result<usi
             .await?;
     }
     Ok(rescued)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The interleaving a review found: a batch job F failing (its finish transaction
+    /// holds F, then cancels the batch's queued jobs) while the heartbeat still lists a
+    /// job Q of the same batch that was just handed back to `queued`, with Q < F. The
+    /// heartbeat must not lock Q, or each waits for the other.
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn heartbeat_never_waits_on_a_queued_row(pool: PgPool) {
+        let w: Vec<crate::ids::WorkloadId> = sqlx::query_scalar(
+            "INSERT INTO workloads (id, name, project, stage, node, source_kind, image) \
+             SELECT gen_random_uuid(), 'hb-' || g, 'p', 's', 'n1', 'image', 'busybox' \
+             FROM generate_series(1, 2) g RETURNING id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        // q sorts before f; q is queued (handed back), f is running.
+        let (q, f) = (JobId::new(), JobId::new());
+        sqlx::query(
+            "INSERT INTO jobs (id, kind, workload_id, node, state, attempt, worker_id, heartbeat_at, started_at) \
+             VALUES ($1, 'capture', $3, 'n1', 'queued', 1, NULL, NULL, NULL), \
+                    ($2, 'capture', $4, 'n1', 'running', 1, 'w', now(), now())",
+        )
+        .bind(q)
+        .bind(f)
+        .bind(w[0])
+        .bind(w[1])
+        .execute(&pool)
+        .await
+        .unwrap();
+        // The failing job's finish transaction holds F ...
+        let mut fin = pool.begin().await.unwrap();
+        sqlx::query("UPDATE jobs SET phase = 'finishing' WHERE id = $1")
+            .bind(f)
+            .execute(&mut *fin)
+            .await
+            .unwrap();
+        // ... the heartbeat, listing both, waits for F ...
+        let hb = tokio::spawn({
+            let pool = pool.clone();
+            async move { heartbeat_jobs(&pool, &[q, f], &[1, 1]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // ... and the batch stop now takes Q. Were Q locked by the heartbeat, this would
+        // be a deadlock (one of the two aborted after deadlock_timeout).
+        let cancel = tokio::time::timeout(
+            Duration::from_secs(5),
+            sqlx::query("UPDATE jobs SET phase = 'cancelling' WHERE id = $1")
+                .bind(q)
+                .execute(&mut *fin),
+        )
+        .await
+        .expect("the batch stop waited on a row the heartbeat locked");
+        cancel.expect("the batch stop was aborted");
+        fin.commit().await.unwrap();
+        let alive = hb.await.unwrap().expect("the heartbeat failed");
+        assert_eq!(alive, vec![f], "only the running job is heartbeated");
+    }
 }
