@@ -325,8 +325,18 @@ async fn stale_owner_is_fenced_and_locked_out(
     );
     let w = workload(&pool, "node-a").await;
     let job = enqueue(&pool, &new_job(w, "node-a")).await.unwrap();
-    wait_or_dump(&pool, "job running", Duration::from_secs(20), || async {
-        state(&pool, job).await.0 == JobState::Running
+    // Its handler started, so it holds the workload lock. (Waiting for `running` alone
+    // would race: the claim commits before the lock is taken, and a worker frozen in
+    // between holds nothing — then the rival rightly recovers the job at once.)
+    wait_or_dump(&pool, "handler started", Duration::from_secs(20), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM queue_probe WHERE job_id = $1 AND event = 'start' AND attempt = 1",
+        )
+        .bind(job)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        n == 1
     })
     .await;
     stale.signal(Signal::SIGSTOP);
