@@ -55,7 +55,9 @@
   }
 
   const isUuid = (s) => typeof s === 'string' && UUID_RE.test(s);
-  const shortId = (id) => String(id).slice(0, 8);
+  // Ids are UUIDv7: the leading digits are a timestamp shared by everything made in
+  // the same few seconds, so the short form is the random tail.
+  const shortId = (id) => '…' + String(id).slice(-8);
   const isActive = (state) => ACTIVE_STATES.includes(state);
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
   const enc = encodeURIComponent;

@@ -115,7 +115,7 @@ async fn admin_sees_workloads_snapshots_and_jobs(pool: PgPool) {
         .text(&format!("#jobs-table tr[data-job-id=\"{job}\"]"))
         .await;
     for part in [
-        &job[..8],
+        &job[job.len() - 8..],
         "restore",
         &w.name,
         "failed",
@@ -140,7 +140,7 @@ async fn admin_sees_workloads_snapshots_and_jobs(pool: PgPool) {
     assert!(restore.is_enabled().await.unwrap());
     ui.wait_text(
         &format!("#snapshots-table tr[data-snapshot-id=\"{sid}\"]"),
-        &[&sid.to_string()[..8], "manual", "ready", "1.2 KiB"],
+        &[&sid.to_string()[28..], "manual", "ready", "1.2 KiB"],
     )
     .await;
 
