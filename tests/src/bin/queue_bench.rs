@@ -165,6 +165,7 @@ async fn throughput(
         statuses.push(c.status.clone());
         handles.push(tokio::spawn(run(p, c, Arc::new(Trivial), stop.clone())));
     }
+    let mut last_report = Instant::now();
     loop {
         let done: i64 =
             sqlx::query_scalar("SELECT coalesce(sum(finished), 0)::int8 FROM job_outcome_stats")
@@ -173,6 +174,36 @@ async fn throughput(
                 .unwrap();
         if done == n {
             break;
+        }
+        // A run this slow is stalled, not slow: say what the queue and the server are
+        // doing, every 2 s.
+        if t0.elapsed() > Duration::from_secs(8) && last_report.elapsed() > Duration::from_secs(2) {
+            last_report = Instant::now();
+            let states: Vec<String> = sqlx::query_scalar(
+                "SELECT state || ' ' || count(*) || CASE WHEN bool_or(recovering) THEN ' (some recovering)' ELSE '' END \
+                 FROM jobs GROUP BY state ORDER BY state",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap();
+            let waits: Vec<String> = sqlx::query_scalar(
+                "SELECT coalesce(wait_event_type || ':' || wait_event, 'cpu') || ' ' || state || ' x' || count(*) \
+                 FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                 GROUP BY 1 ORDER BY count(*) DESC",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap();
+            let held: Vec<usize> = statuses
+                .iter()
+                .map(|s| s.running_jobs.load(Ordering::Relaxed))
+                .collect();
+            println!(
+                "  stalled? {:.0} s: {done} finished; jobs: {}; backends: {}; handlers running per worker: {held:?}",
+                t0.elapsed().as_secs_f64(),
+                states.join(", "),
+                waits.join(", ")
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
