@@ -111,6 +111,26 @@ async fn setup(pool: &PgPool) {
     .unwrap();
 }
 
+/// How many `event` records the probes wrote for `job` in the given attempts.
+async fn probe_events(
+    pool: &PgPool,
+    job: JobId,
+    event: &str,
+    attempts: std::ops::RangeInclusive<i32>,
+) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM queue_probe WHERE job_id = $1 AND event = $2 \
+         AND attempt BETWEEN $3 AND $4",
+    )
+    .bind(job)
+    .bind(event)
+    .bind(*attempts.start())
+    .bind(*attempts.end())
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 async fn state(pool: &PgPool, id: JobId) -> (JobState, bool, i32, String) {
     sqlx::query_as("SELECT state, recovering, attempt, node FROM jobs WHERE id = $1")
         .bind(id)
@@ -328,16 +348,12 @@ async fn stale_owner_is_fenced_and_locked_out(
     // Its handler started, so it holds the workload lock. (Waiting for `running` alone
     // would race: the claim commits before the lock is taken, and a worker frozen in
     // between holds nothing — then the rival rightly recovers the job at once.)
-    wait_or_dump(&pool, "handler started", Duration::from_secs(20), || async {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM queue_probe WHERE job_id = $1 AND event = 'start' AND attempt = 1",
-        )
-        .bind(job)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        n == 1
-    })
+    wait_or_dump(
+        &pool,
+        "handler started",
+        Duration::from_secs(20),
+        || async { probe_events(&pool, job, "start", 1..=1).await == 1 },
+    )
     .await;
     stale.signal(Signal::SIGSTOP);
 
@@ -366,13 +382,7 @@ async fn stale_owner_is_fenced_and_locked_out(
         },
     )
     .await;
-    let rival_starts: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM queue_probe WHERE job_id = $1 AND event = 'start' AND attempt >= 2",
-    )
-    .bind(job)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let rival_starts = probe_events(&pool, job, "start", 2..=i32::MAX).await;
     assert_eq!(
         rival_starts, 0,
         "a second worker ran the job while the first held its lock"
@@ -380,16 +390,12 @@ async fn stale_owner_is_fenced_and_locked_out(
 
     // Resume the stale owner: its next fenced update fails; its failure is not recorded.
     stale.signal(Signal::SIGCONT);
-    wait_or_dump(&pool, "stale owner noticed it was fenced", Duration::from_secs(20), || async {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM queue_probe WHERE job_id = $1 AND event = 'fenced' AND attempt = 1",
-        )
-        .bind(job)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        n == 1
-    })
+    wait_or_dump(
+        &pool,
+        "stale owner noticed it was fenced",
+        Duration::from_secs(20),
+        || async { probe_events(&pool, job, "fenced", 1..=1).await == 1 },
+    )
     .await;
     wait_or_dump(
         &pool,
