@@ -94,27 +94,29 @@ pub fn workload_body(name: &str, node: &str, kind: SourceKind) -> Value {
     })
 }
 
+/// The fields of a fixture workload: project `shop`, stage `prod`, one stage volume.
+pub fn workload_fields(name: &str, node: &str, kind: SourceKind) -> db::workloads::WorkloadFields {
+    db::workloads::WorkloadFields {
+        name: name.into(),
+        project: "shop".into(),
+        stage: "prod".into(),
+        node: node.into(),
+        source_kind: kind,
+        image: (kind == SourceKind::Image).then(|| "img:1".to_owned()),
+        volumes: vec![VolumeSpec {
+            scope: VolumeScope::Stage,
+            source: "data".into(),
+            target: "/var/lib/app".into(),
+        }],
+        stop_for_capture: false,
+    }
+}
+
 /// A workload inserted directly (fixtures for bulk tests).
 pub async fn workload_row(pool: &PgPool, node: &str, kind: SourceKind) -> Workload {
-    db::workloads::insert(
-        pool,
-        &db::workloads::WorkloadFields {
-            name: unique("w"),
-            project: "shop".into(),
-            stage: "prod".into(),
-            node: node.into(),
-            source_kind: kind,
-            image: (kind == SourceKind::Image).then(|| "img:1".to_owned()),
-            volumes: vec![VolumeSpec {
-                scope: VolumeScope::Stage,
-                source: "data".into(),
-                target: "/var/lib/app".into(),
-            }],
-            stop_for_capture: false,
-        },
-    )
-    .await
-    .unwrap()
+    db::workloads::insert(pool, &workload_fields(&unique("w"), node, kind))
+        .await
+        .unwrap()
 }
 
 /// A snapshot row as a worker would leave it.

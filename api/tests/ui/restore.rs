@@ -146,12 +146,7 @@ async fn the_apis_400_and_409_are_shown_in_the_dialog(pool: PgPool) {
 
     // A 400 with its reason.
     open_dialog(&ui, &w, elsewhere).await;
-    ui.find("#restore-confirm")
-        .await
-        .send_keys(&w.name)
-        .await
-        .unwrap();
-    ui.click("#restore-submit").await;
+    confirm_and_submit(&ui, &w.name).await;
     let shown = ui
         .wait_text("#restore-error", &["400 snapshot_on_other_node"])
         .await;
@@ -175,12 +170,7 @@ async fn the_apis_400_and_409_are_shown_in_the_dialog(pool: PgPool) {
             .unwrap(),
         "an old error is shown"
     );
-    ui.find("#restore-confirm")
-        .await
-        .send_keys(&w.name)
-        .await
-        .unwrap();
-    ui.click("#restore-submit").await;
+    confirm_and_submit(&ui, &w.name).await;
     let shown = ui
         .wait_text("#restore-error", &["409 active_job", &active])
         .await;
@@ -274,4 +264,14 @@ async fn a_viewer_cannot_restore_or_cancel(pool: PgPool) {
     let jobs = jobs_of(&pool, &w).await;
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].1, "queued", "a viewer cancelled a job");
+}
+
+/// Type the workload's name into the open dialog and submit it.
+async fn confirm_and_submit(ui: &Ui, name: &str) {
+    ui.find("#restore-confirm")
+        .await
+        .send_keys(name)
+        .await
+        .unwrap();
+    ui.click("#restore-submit").await;
 }

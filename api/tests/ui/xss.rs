@@ -5,7 +5,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use volsnap_shared::db;
 use volsnap_shared::db::workloads::WorkloadFields;
-use volsnap_shared::domain::{Role, SnapshotState, SourceKind, VolumeScope, VolumeSpec};
+use volsnap_shared::domain::{Role, SnapshotState, SourceKind};
 
 use crate::common::*;
 use crate::harness::*;
@@ -36,18 +36,8 @@ async fn hostile_names_render_as_text(pool: PgPool) {
     let w = db::workloads::insert(
         &pool,
         &WorkloadFields {
-            name: NAME.into(),
-            project: "shop".into(),
-            stage: "prod".into(),
-            node: NODE.into(),
-            source_kind: SourceKind::Image,
             image: Some(IMAGE.into()),
-            volumes: vec![VolumeSpec {
-                scope: VolumeScope::Stage,
-                source: "data".into(),
-                target: "/var/lib/app".into(),
-            }],
-            stop_for_capture: false,
+            ..workload_fields(NAME, NODE, SourceKind::Image)
         },
     )
     .await
