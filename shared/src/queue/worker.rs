@@ -315,7 +315,7 @@ type ClaimFuture =
 const CLAIMS_IN_FLIGHT: usize = 1;
 
 /// Return jobs this worker claimed but never started (a claim answered after the stop
-/// began) to the queue as they were.
+/// began, or a workload lock held elsewhere) to the queue as they were.
 async fn release_unstarted(pool: &PgPool, jobs: &[Job]) -> Result<(), sqlx::Error> {
     let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
     let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
@@ -697,14 +697,7 @@ async fn run_one<H: JobHandler>(
         // Someone (a stalled predecessor still connected) holds the workload: hand the
         // job back untouched and let the rescuer sort the predecessor out.
         tracing::warn!(job_id = %id, "workload lock is held elsewhere; job returned to the queue");
-        sqlx::query(
-            "UPDATE jobs SET state = 'queued', worker_id = NULL \
-             WHERE id = $1 AND attempt = $2 AND state = 'running'",
-        )
-        .bind(id)
-        .bind(attempt)
-        .execute(pool)
-        .await?;
+        release_unstarted(pool, std::slice::from_ref(&ctx.job)).await?;
         return Ok(true);
     }
     running.lock().expect("running map").insert(
