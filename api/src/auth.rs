@@ -10,7 +10,8 @@
 //! a time.
 //!
 //! Authorisation is one rule: `GET`/`HEAD` need any valid token, every other method an
-//! admin token. `GET /api/whoami` tells a client which token it holds (name and role),
+//! admin token — except restore plans (`POST …/plan`, `POST /api/restores?plan=true`),
+//! which change nothing and are open to viewers too. `GET /api/whoami` tells a client which token it holds (name and role),
 //! so a client such as the web UI never has to probe a write route to find out.
 
 use std::sync::{Arc, RwLock};
@@ -189,7 +190,9 @@ pub async fn require_token(
         .authenticate(token)
         .await?
         .ok_or_else(Error::unauthorized)?;
-    let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
+    // Plans (dry runs) change nothing: the one POST a viewer may make.
+    let read_only =
+        matches!(*req.method(), Method::GET | Method::HEAD) || crate::plans::is_plan_request(&req);
     if !read_only && caller.role != Role::Admin {
         return Err(Error::forbidden());
     }

@@ -186,6 +186,12 @@ impl IntoResponse for Error {
             }
         }
         let mut resp = (self.status, axum::Json(self.body())).into_response();
+        if self.code == "too_many_waiters" {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(crate::WAITERS_RETRY_AFTER_SECS),
+            );
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

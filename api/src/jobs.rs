@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use volsnap_shared::db::console::{JobPhase, JobSearch, Triage};
 use volsnap_shared::db::jobs::JobFilter;
 use volsnap_shared::db::{self};
 use volsnap_shared::domain::{Job, JobKind, JobState};
@@ -26,6 +27,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_jobs))
         .routes(routes!(get_job))
         .routes(routes!(cancel_job))
+        .routes(routes!(job_phases))
+        .routes(routes!(triage))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -33,7 +36,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct JobListQuery {
     /// Comma-separated states: queued, running, succeeded, failed, cancelled.
     pub state: Option<String>,
-    /// Comma-separated kinds: capture, restore.
+    /// Comma-separated kinds: capture, restore, plan.
     pub kind: Option<String>,
     /// Only this workload's jobs (`workload_id` is accepted too).
     #[serde(alias = "workload_id")]
@@ -43,6 +46,13 @@ pub struct JobListQuery {
     pub batch: Option<BatchId>,
     /// Only jobs routed to this node.
     pub node: Option<String>,
+    /// Only jobs of workloads in this project.
+    pub project: Option<String>,
+    /// Only jobs of workloads in this stage.
+    pub stage: Option<String>,
+    /// Free text (1 to 200 characters), matched case-insensitively against the job id,
+    /// its workload's `project/stage/name`, node, error code and message, and requester.
+    pub q: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// Page size, 1 to 500 (default 100).
@@ -102,6 +112,25 @@ async fn list_jobs(
     if let Some(n) = &q.node {
         validate::node("node", n)?;
     }
+    for (field, v) in [("project", &q.project), ("stage", &q.stage)] {
+        if let Some(v) = v {
+            validate::slug(field, v)?;
+        }
+    }
+    let text = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    if let Some(t) = text
+        && (t.chars().count() > 200 || t.chars().any(char::is_control))
+    {
+        return Err(Error::invalid_field(
+            "q",
+            "must be 1 to 200 characters, none of them control characters",
+        ));
+    }
+    let search = JobSearch {
+        project: q.project,
+        stage: q.stage,
+        text: text.map(str::to_owned),
+    };
     let filter = JobFilter {
         states,
         kinds,
@@ -111,7 +140,11 @@ async fn list_jobs(
         before: validate::cursor(q.cursor.as_deref())?,
         limit: validate::limit(q.limit)?,
     };
-    let page = db::jobs::list(&state.pool, &filter).await?;
+    let page = if search.is_empty() {
+        db::jobs::list(&state.pool, &filter).await?
+    } else {
+        db::console::list_jobs(&state.pool, &filter, &search).await?
+    };
     Ok(axum::Json(JobList {
         items: page.items,
         next_cursor: page.next_cursor,
@@ -134,7 +167,10 @@ async fn get_job(
 ) -> Result<axum::Json<Job>, Error> {
     let job = match wait_duration(q.wait)? {
         None => queue::get_job(&state.pool, id).await?,
-        Some(wait) => state.wait_for_final(id, wait).await?,
+        Some(wait) => {
+            let slot = state.wait_slot()?;
+            state.wait_for_final(slot, id, wait).await?
+        }
     };
     job.map(axum::Json).ok_or_else(not_found)
 }
@@ -173,4 +209,37 @@ async fn cancel_job(
         }
         CancelOutcome::NotFound => Err(not_found()),
     }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobPhases {
+    /// Every phase (and state) change of the job, oldest first, with its time.
+    pub items: Vec<JobPhase>,
+}
+
+/// A job's phase timeline: when it entered each phase (recorded by the database on
+/// every change of phase, state or attempt).
+#[utoipa::path(get, path = "/api/jobs/{id}/phases", tag = "jobs",
+    params(("id" = JobId, Path, description = "job id")),
+    responses(
+        (status = 200, body = JobPhases),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+async fn job_phases(
+    State(state): State<AppState>,
+    Path(id): Path<JobId>,
+) -> Result<axum::Json<JobPhases>, Error> {
+    if queue::get_job(&state.pool, id).await?.is_none() {
+        return Err(not_found());
+    }
+    let items = db::console::job_phases(&state.pool, id).await?;
+    Ok(axum::Json(JobPhases { items }))
+}
+
+/// Counts for triage: jobs running and queued now, jobs failed in the last 24 hours.
+#[utoipa::path(get, path = "/api/triage", tag = "jobs",
+    responses((status = 200, body = Triage), (status = 401, body = ErrorBody)))]
+async fn triage(State(state): State<AppState>) -> Result<axum::Json<Triage>, Error> {
+    Ok(axum::Json(db::console::triage(&state.pool).await?))
 }

@@ -6,15 +6,18 @@
 
 pub mod auth;
 pub mod batches;
+mod conn;
 pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod limits;
 pub mod openapi;
 pub mod ops;
+pub mod plans;
 pub mod restores;
 pub mod snapshots;
 pub mod ui;
+pub mod undo;
 pub mod validate;
 pub mod workloads;
 
@@ -38,13 +41,25 @@ use volsnap_shared::queue::{self, JobEvents};
 
 pub use error::Error;
 
-/// Limits applied to every request.
+/// Limits applied to every request and connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Time a request may take, on top of its own `?wait=` (at most 300 s).
     pub request_timeout: Duration,
     /// Largest request body accepted (413 beyond).
     pub body_limit: usize,
+    /// Time from a request's first byte to the end of its headers; a connection that
+    /// has not sent a whole request head by then is closed.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no byte sent either way for this long
+    /// is closed (covers connections that never send anything).
+    pub idle_timeout: Duration,
+    /// Most open client connections; past it new connections wait in the kernel's
+    /// accept queue until one closes.
+    pub max_connections: usize,
+    /// Most requests held by `?wait=` at once; past it a waited request is answered 503
+    /// `too_many_waiters` with `Retry-After` (and a waited restore enqueues nothing).
+    pub max_waiters: usize,
 }
 
 impl Default for Limits {
@@ -52,9 +67,16 @@ impl Default for Limits {
         Limits {
             request_timeout: Duration::from_secs(30),
             body_limit: 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_waiters: 2048,
         }
     }
 }
+
+/// Seconds a client is told to wait (`Retry-After`) when the waiter cap is reached.
+pub const WAITERS_RETRY_AFTER_SECS: u32 = 2;
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
@@ -67,7 +89,12 @@ pub struct AppState {
     /// Cancelled when the server begins shutting down: held `?wait=` requests answer
     /// with the job as it is then, instead of holding the shutdown up.
     pub shutdown: CancellationToken,
+    /// One permit per request held by `?wait=` ([`Limits::max_waiters`]).
+    pub waiters: Arc<tokio::sync::Semaphore>,
 }
+
+/// A place among the held `?wait=` requests; released when dropped.
+pub struct WaitSlot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
 impl AppState {
     /// Starts the process's LISTEN task.
@@ -81,23 +108,103 @@ impl AppState {
             tokens: Arc::new(auth::TokenCache::new(pool.clone(), token_ttl)),
             pool,
             events,
+            waiters: Arc::new(tokio::sync::Semaphore::new(limits.max_waiters)),
             limits,
             shutdown: CancellationToken::new(),
         })
     }
 
+    /// This process's `?wait=` gauges and counters, in the Prometheus text format.
+    pub fn waiter_metrics(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = self.events.stats();
+        format!(
+            "# HELP volsnap_api_waiters Requests held by ?wait= in this API process.\n\
+             # TYPE volsnap_api_waiters gauge\n\
+             volsnap_api_waiters {}\n\
+             # HELP volsnap_api_waiter_limit The most ?wait= requests held at once.\n\
+             # TYPE volsnap_api_waiter_limit gauge\n\
+             volsnap_api_waiter_limit {}\n\
+             # HELP volsnap_api_wait_shared_checks_total Missed-notification checks run (one query each).\n\
+             # TYPE volsnap_api_wait_shared_checks_total counter\n\
+             volsnap_api_wait_shared_checks_total {}\n\
+             # HELP volsnap_api_wait_rereads_total Job re-reads by waiters after a notification named their job.\n\
+             # TYPE volsnap_api_wait_rereads_total counter\n\
+             volsnap_api_wait_rereads_total {}\n",
+            self.limits.max_waiters - self.waiters.available_permits(),
+            self.limits.max_waiters,
+            st.shared_checks.load(Relaxed),
+            st.rereads.load(Relaxed),
+        )
+    }
+
+    /// Take a place among the held `?wait=` requests, or 503 `too_many_waiters` (with
+    /// `Retry-After`) when all [`Limits::max_waiters`] are taken. Take it before doing
+    /// anything, so a refused request changes nothing.
+    pub fn wait_slot(&self) -> Result<WaitSlot, Error> {
+        match self.waiters.clone().try_acquire_owned() {
+            Ok(p) => Ok(WaitSlot(p)),
+            Err(_) => Err(Error::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_waiters",
+                format!(
+                    "{} requests are already waiting for jobs (the server's limit); \
+                     retry in {WAITERS_RETRY_AFTER_SECS} s or poll without ?wait=",
+                    self.limits.max_waiters
+                ),
+            )),
+        }
+    }
+
     /// The job once final, or as it is when `timeout` passes or the server shuts down;
-    /// `None` for an unknown job. Sleeps on notifications, never polls.
+    /// `None` for an unknown job. Sleeps on notifications, never polls. Holds `slot`
+    /// until it answers.
     pub async fn wait_for_final(
         &self,
+        slot: WaitSlot,
         id: JobId,
         timeout: Duration,
     ) -> Result<Option<Job>, sqlx::Error> {
+        let _slot = slot;
         tokio::select! {
             r = self.events.wait_for_final(id, timeout) => r,
             _ = self.shutdown.cancelled() => queue::get_job(&self.pool, id).await,
         }
     }
+}
+
+/// `volsnap_restore_failures_recent{workload,workload_id,node}`: restores of each
+/// workload that failed in the last 10 minutes (only workloads with one; at most 100),
+/// so an alert can name the workload.
+pub async fn recent_restore_failures(pool: &PgPool) -> Result<String, sqlx::Error> {
+    use std::fmt::Write as _;
+    let rows: Vec<(String, uuid::Uuid, String, i64)> = sqlx::query_as(
+        "SELECT w.project || '/' || w.stage || '/' || w.name, w.id, j.node, count(*)::int8 \
+         FROM jobs j JOIN workloads w ON w.id = j.workload_id \
+         WHERE j.kind = 'restore' AND j.state = 'failed' \
+           AND j.finished_at > now() - interval '10 minutes' \
+         GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1 LIMIT 100",
+    )
+    .fetch_all(pool)
+    .await?;
+    let esc = |v: &str| {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let mut out = String::from(
+        "# HELP volsnap_restore_failures_recent Restores of a workload that failed in the last 10 minutes.\n\
+         # TYPE volsnap_restore_failures_recent gauge\n",
+    );
+    for (workload, id, node, n) in rows {
+        let _ = writeln!(
+            out,
+            "volsnap_restore_failures_recent{{workload=\"{}\",workload_id=\"{id}\",node=\"{}\"}} {n}",
+            esc(&workload),
+            esc(&node)
+        );
+    }
+    Ok(out)
 }
 
 /// The `/api` routes with their OpenAPI description (auth not yet applied).
@@ -107,7 +214,9 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(workloads::router())
         .merge(snapshots::router())
         .merge(restores::router())
+        .merge(plans::router())
         .merge(jobs::router())
+        .merge(undo::router())
         .merge(batches::router())
 }
 
@@ -145,6 +254,7 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: CancellationToken,
+    limits: Limits,
 }
 
 impl Server {
@@ -156,17 +266,21 @@ impl Server {
 
     /// Serve until `shutdown` completes, then finish in-flight requests (held
     /// `?wait=` requests are answered at once with their job's current state).
+    /// Connections are capped, and cut off by the header-read and idle timeouts
+    /// ([`Limits`]).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let token = self.shutdown;
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                token.cancel();
-            })
-            .await
+        conn::serve(
+            self.listener,
+            self.router,
+            self.limits,
+            self.shutdown,
+            shutdown,
+        )
+        .await;
+        Ok(())
     }
 }
 
@@ -198,6 +312,7 @@ pub async fn build(pool: PgPool, cfg: &ServeConfig) -> anyhow::Result<Server> {
         .with_context(|| format!("binding {}", cfg.addr))?;
     Ok(Server {
         listener,
+        limits: cfg.limits,
         shutdown: state.shutdown.clone(),
         router: app(state),
     })

@@ -63,6 +63,24 @@ struct ServeArgs {
     /// Seconds a revoked token may still be accepted (the in-memory auth cache's age).
     #[arg(long, env = "VOLSNAP_API_TOKEN_CACHE_SECS", default_value_t = 2)]
     token_cache_secs: u64,
+
+    /// Seconds from a request's first byte to the end of its headers before the
+    /// connection is closed (slow-header clients).
+    #[arg(long, env = "VOLSNAP_API_HEADER_TIMEOUT", default_value_t = 10.0)]
+    header_timeout_secs: f64,
+
+    /// Seconds a connection may sit with no request in flight and no traffic before it
+    /// is closed.
+    #[arg(long, env = "VOLSNAP_API_IDLE_TIMEOUT", default_value_t = 60.0)]
+    idle_timeout_secs: f64,
+
+    /// Most open client connections (more wait in the kernel's accept queue).
+    #[arg(long, env = "VOLSNAP_API_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
+
+    /// Most requests held by `?wait=` at once (more get 503 with Retry-After).
+    #[arg(long, env = "VOLSNAP_API_MAX_WAITERS", default_value_t = 2048)]
+    max_waiters: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,13 +115,7 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    volsnap_shared::telemetry::init();
     let cli = Cli::parse();
     let pool = volsnap_shared::database::connect(
         cli.database_url.as_deref(),
@@ -120,12 +132,26 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+fn seconds(flag: &str, v: f64) -> anyhow::Result<Duration> {
+    if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+        anyhow::bail!("--{flag} must be a number of seconds above 0 and at most 86400");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
 async fn serve(pool: PgPool, args: ServeArgs) -> anyhow::Result<()> {
+    if args.max_connections == 0 || args.max_waiters == 0 {
+        anyhow::bail!("--max-connections and --max-waiters must be at least 1");
+    }
     let cfg = ServeConfig {
         addr: args.addr,
         limits: Limits {
             request_timeout: Duration::from_secs(args.request_timeout_secs),
             body_limit: args.body_limit,
+            header_read_timeout: seconds("header-timeout-secs", args.header_timeout_secs)?,
+            idle_timeout: seconds("idle-timeout-secs", args.idle_timeout_secs)?,
+            max_connections: args.max_connections,
+            max_waiters: args.max_waiters,
         },
         token_cache_ttl: Duration::from_secs(args.token_cache_secs),
     };

@@ -24,6 +24,7 @@ use crate::AppState;
         title = "volsnap API",
         description = "Restore captured volume snapshots onto the live data volumes of containerised apps. \
             Every /api route needs `Authorization: Bearer <token>`; GET routes accept viewer tokens, \
+            as do the restore plans (POST .../plan and POST /api/restores?plan=true, which change nothing); \
             all others need an admin token. Errors are `{\"error\":{\"code\",\"message\"}}`."
     ),
     modifiers(&BearerAuth),

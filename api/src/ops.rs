@@ -69,7 +69,9 @@ async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Status>, Err
         (status = 500, description = "database error", body = crate::error::ErrorBody),
     ))]
 async fn metrics(State(state): State<AppState>) -> Result<Response, Error> {
-    let body = queue::stats::render_prometheus(&state.pool).await?;
+    let mut body = queue::stats::render_prometheus(&state.pool).await?;
+    body.push_str(&state.waiter_metrics());
+    body.push_str(&crate::recent_restore_failures(&state.pool).await?);
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -56,20 +56,36 @@ pub struct RestoreAccepted {
 }
 
 /// How the confirmation of intent was given.
-enum Confirm<'a> {
+pub(crate) enum Confirm<'a> {
     /// One restore: the header must name the snapshot.
     Header(Option<&'a HeaderValue>),
     /// A batch item: the batch's item count was confirmed already.
     Batch,
+    /// A plan changes nothing: no confirmation.
+    NotNeeded,
 }
 
-/// One restore to check and enqueue.
-struct RestoreRequest<'a> {
-    workload_id: WorkloadId,
-    snapshot_id: SnapshotId,
-    confirm: Confirm<'a>,
-    batch_id: Option<BatchId>,
-    requested_by: &'a str,
+/// One restore (or plan) to check and enqueue.
+pub(crate) struct RestoreRequest<'a> {
+    pub workload_id: WorkloadId,
+    pub snapshot_id: SnapshotId,
+    pub confirm: Confirm<'a>,
+    pub batch_id: Option<BatchId>,
+    pub requested_by: &'a str,
+    /// `Restore` or `Plan`.
+    pub kind: JobKind,
+    /// Verify after the swap; `None`: the workload's `verify_restores` default.
+    pub verify: Option<bool>,
+}
+
+/// The optional body of a single restore.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreBody {
+    /// Compare the restored volumes with the snapshot before the job succeeds
+    /// (`verify_mismatch` otherwise). Default: the workload's `verify_restores`.
+    #[serde(default)]
+    pub verify: Option<bool>,
 }
 
 fn check_confirmation(header: Option<&HeaderValue>, sid: SnapshotId) -> Result<(), Error> {
@@ -95,8 +111,8 @@ fn check_confirmation(header: Option<&HeaderValue>, sid: SnapshotId) -> Result<(
     Ok(())
 }
 
-/// Every check of a restore, then the enqueue, in one short transaction.
-async fn check_and_enqueue(pool: &PgPool, r: RestoreRequest<'_>) -> Result<Job, Error> {
+/// Every check of a restore (or plan), then the enqueue, in one short transaction.
+pub(crate) async fn check_and_enqueue(pool: &PgPool, r: RestoreRequest<'_>) -> Result<Job, Error> {
     let mut tx = pool.begin().await?;
     let workload = db::workloads::get_for_share(&mut tx, r.workload_id)
         .await?
@@ -139,16 +155,24 @@ async fn check_and_enqueue(pool: &PgPool, r: RestoreRequest<'_>) -> Result<Job, 
             ),
         ));
     }
-    let job = queue::enqueue(
+    let verify = match (r.kind, r.verify) {
+        (JobKind::Restore, Some(v)) => v,
+        (JobKind::Restore, None) => db::jobs::workload_verifies_restores(&mut *tx, workload.id)
+            .await?
+            .unwrap_or(false),
+        _ => false,
+    };
+    let job = queue::enqueue_with(
         &mut tx,
         &NewJob {
-            kind: JobKind::Restore,
+            kind: r.kind,
             workload_id: workload.id,
             snapshot_id: Some(snapshot.id),
             node: workload.node.clone(),
             batch_id: r.batch_id,
             requested_by: Some(r.requested_by.to_owned()),
         },
+        &queue::JobOptions { verify },
     )
     .await
     .map_err(|e| match e {
@@ -159,8 +183,27 @@ async fn check_and_enqueue(pool: &PgPool, r: RestoreRequest<'_>) -> Result<Job, 
     Ok(job)
 }
 
-/// The answer to a waited restore, from the job as the wait left it.
-fn waited_answer(job: Job) -> Result<Response, Error> {
+/// The answer to a waited restore (or plan), from the job as the wait left it.
+/// The answer to an enqueued restore, plan or undo: 202 at once, or (with a waiter
+/// slot) the job as the wait leaves it.
+pub(crate) async fn answer(
+    state: &AppState,
+    job: Job,
+    wait: Option<(std::time::Duration, crate::WaitSlot)>,
+) -> Result<Response, Error> {
+    let Some((wait, slot)) = wait else {
+        return Ok(accepted(job));
+    };
+    let id = job.id;
+    let job = state
+        .wait_for_final(slot, id, wait)
+        .await
+        .map_err(|e| Error::internal(e).with_job_id(id))?
+        .unwrap_or(job);
+    waited_answer(job)
+}
+
+pub(crate) fn waited_answer(job: Job) -> Result<Response, Error> {
     match job.state {
         JobState::Succeeded => {
             Ok((StatusCode::OK, axum::Json(RestoreAccepted { job })).into_response())
@@ -196,7 +239,7 @@ fn waited_answer(job: Job) -> Result<Response, Error> {
     }
 }
 
-fn accepted(job: Job) -> Response {
+pub(crate) fn accepted(job: Job) -> Response {
     let location = format!("/api/jobs/{}", job.id);
     (
         StatusCode::ACCEPTED,
@@ -207,7 +250,8 @@ fn accepted(job: Job) -> Response {
 }
 
 /// Restore a snapshot onto its workload's live volumes (a destructive job on the
-/// workload's node). Needs `X-Confirm-Restore: {sid}`.
+/// workload's node). Needs `X-Confirm-Restore: {sid}`. An optional JSON body
+/// `{"verify": true}` verifies the restored volumes against the snapshot.
 ///
 /// With `?wait=N`: 200 the job succeeded, 202 still queued/running at the deadline,
 /// 422 failed for a reason the client can act on (`error.code` says which), 500 failed
@@ -219,6 +263,7 @@ fn accepted(job: Job) -> Response {
         ("X-Confirm-Restore" = Option<String>, Header, description = "must equal {sid}"),
         WaitQuery,
     ),
+    request_body(content = Option<RestoreBody>, description = "optional; `verify` defaults to the workload's `verify_restores`"),
     responses(
         (status = 200, description = "waited: the restore succeeded", body = RestoreAccepted),
         (status = 202, description = "enqueued (or still running at the wait deadline)", body = RestoreAccepted, headers(("Location" = String, description = "/api/jobs/{job_id}"))),
@@ -235,8 +280,21 @@ async fn restore(
     Path((workload_id, snapshot_id)): Path<(WorkloadId, SnapshotId)>,
     Query(q): Query<WaitQuery>,
     headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<Response, Error> {
     let wait = wait_duration(q.wait)?;
+    let body: RestoreBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RestoreBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            Error::bad_request(
+                "invalid_body",
+                format!("the request body is not valid: {e}"),
+            )
+        })?
+    };
+    // Taken first: past the waiter cap the request is refused before enqueueing.
+    let slot = wait.map(|_| state.wait_slot()).transpose()?;
     let job = check_and_enqueue(
         &state.pool,
         RestoreRequest {
@@ -245,20 +303,13 @@ async fn restore(
             confirm: Confirm::Header(headers.get(CONFIRM_HEADER)),
             batch_id: None,
             requested_by: &caller.name,
+            kind: JobKind::Restore,
+            verify: body.verify,
         },
     )
     .await?;
     tracing::info!(job_id = %job.id, %workload_id, %snapshot_id, by = %caller.name, "restore enqueued");
-    let Some(wait) = wait else {
-        return Ok(accepted(job));
-    };
-    let id = job.id;
-    let job = state
-        .wait_for_final(id, wait)
-        .await
-        .map_err(|e| Error::internal(e).with_job_id(id))?
-        .unwrap_or(job);
-    waited_answer(job)
+    answer(&state, job, wait.zip(slot)).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -266,6 +317,17 @@ async fn restore(
 pub struct BatchItem {
     pub workload_id: WorkloadId,
     pub snapshot_id: SnapshotId,
+    /// Verify this restore (default: the workload's `verify_restores`); ignored by plans.
+    #[serde(default)]
+    pub verify: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BatchQuery {
+    /// `true`: plan every item (a `plan` job each: a dry run that changes nothing; no
+    /// confirmation header; viewers may ask). Default false: restore them.
+    pub plan: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -309,8 +371,11 @@ pub struct BatchAccepted {
 /// the confirmation, which is `X-Confirm-Restore: <number of items>` for the whole
 /// batch). One bad or busy item does not sink the others. Answers 202 when at least one
 /// item was enqueued, 200 when none was; `GET /api/batches/{batch_id}` follows it.
+///
+/// With `?plan=true` every item becomes a `plan` job instead (a dry run): no
+/// confirmation, viewers allowed, and no single-flight 409 (plans run beside restores).
 #[utoipa::path(post, path = "/api/restores", tag = "restores", request_body = BatchBody,
-    params(("X-Confirm-Restore" = Option<String>, Header, description = "must equal the number of items")),
+    params(("X-Confirm-Restore" = Option<String>, Header, description = "must equal the number of items (not for `?plan=true`)"), BatchQuery),
     responses(
         (status = 202, description = "at least one item enqueued; see each item", body = BatchAccepted, headers(("Location" = String, description = "/api/batches/{batch_id}"))),
         (status = 200, description = "no item could be enqueued; see each item", body = BatchAccepted),
@@ -321,9 +386,15 @@ pub struct BatchAccepted {
 async fn restore_batch(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Query(q): Query<BatchQuery>,
     headers: HeaderMap,
     Json(body): Json<BatchBody>,
 ) -> Result<Response, Error> {
+    let plan = q.plan.unwrap_or(false);
+    // The auth middleware lets a viewer through for plans only; checked again here.
+    if !plan && caller.role != volsnap_shared::domain::Role::Admin {
+        return Err(Error::forbidden());
+    }
     let n = body.items.len();
     if n == 0 || n > MAX_BATCH_ITEMS {
         return Err(Error::invalid_field(
@@ -336,6 +407,7 @@ async fn restore_batch(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok());
     match confirmed {
+        _ if plan => {}
         None => {
             return Err(Error::bad_request(
                 "confirmation_required",
@@ -382,9 +454,19 @@ async fn restore_batch(
             RestoreRequest {
                 workload_id: item.workload_id,
                 snapshot_id: item.snapshot_id,
-                confirm: Confirm::Batch,
+                confirm: if plan {
+                    Confirm::NotNeeded
+                } else {
+                    Confirm::Batch
+                },
                 batch_id: Some(batch_id),
                 requested_by: &caller.name,
+                kind: if plan {
+                    JobKind::Plan
+                } else {
+                    JobKind::Restore
+                },
+                verify: item.verify,
             },
         )
         .await;
@@ -413,7 +495,7 @@ async fn restore_batch(
         });
     }
     let accepted = items.iter().filter(|i| i.status == 202).count();
-    tracing::info!(%batch_id, items = n, accepted, by = %caller.name, "batch restore");
+    tracing::info!(%batch_id, items = n, accepted, plan, by = %caller.name, "batch restore");
     let body = axum::Json(BatchAccepted {
         batch_id,
         accepted,

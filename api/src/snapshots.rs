@@ -53,6 +53,15 @@ pub struct SnapshotList {
     pub items: Vec<Snapshot>,
     /// Pass as `cursor` for the next page; absent on the last page.
     pub next_cursor: Option<String>,
+    /// Snapshots of this page whose archive file the node's worker found missing (they
+    /// cannot be restored), with when that was first seen.
+    pub files_missing: Vec<FileMissing>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FileMissing {
+    pub snapshot_id: SnapshotId,
+    pub since: chrono::DateTime<chrono::Utc>,
 }
 
 pub(crate) fn not_found() -> Error {
@@ -144,9 +153,16 @@ async fn list_snapshots(
         return Err(workloads::not_found());
     }
     let page = store::list_for_workload(&state.pool, id, q.include_deleted, before, limit).await?;
+    let ids: Vec<SnapshotId> = page.items.iter().map(|s| s.id).collect();
+    let files_missing = db::console::files_missing(&state.pool, &ids)
+        .await?
+        .into_iter()
+        .map(|(snapshot_id, since)| FileMissing { snapshot_id, since })
+        .collect();
     Ok(axum::Json(SnapshotList {
         items: page.items,
         next_cursor: page.next_cursor,
+        files_missing,
     }))
 }
 

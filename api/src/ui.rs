@@ -26,6 +26,9 @@ use crate::AppState;
 const INDEX_HTML: &str = include_str!("../ui/index.html");
 const APP_JS: &str = include_str!("../ui/app.js");
 const APP_CSS: &str = include_str!("../ui/app.css");
+/// The message catalogues, one per language (`window.VOLSNAP_I18N.<lang>`).
+const I18N_EN: &str = include_str!("../ui/i18n/en.js");
+const I18N_RU: &str = include_str!("../ui/i18n/ru.js");
 
 /// Where `index.html` writes the assets' version.
 const VERSION_PLACEHOLDER: &str = "__ASSET_VERSION__";
@@ -65,12 +68,16 @@ struct Assets {
     index: Asset,
     js: Asset,
     css: Asset,
-    /// Hash of the script and stylesheet together: the `?v=` the page asks for.
+    en: Asset,
+    ru: Asset,
+    /// Hash of the scripts and stylesheet together: the `?v=` the page asks for.
     version: String,
 }
 
 static ASSETS: LazyLock<Assets> = LazyLock::new(|| {
-    let version = short_hash(&format!("{APP_JS}\u{0}{APP_CSS}"));
+    let version = short_hash(&format!(
+        "{APP_JS}\u{0}{APP_CSS}\u{0}{I18N_EN}\u{0}{I18N_RU}"
+    ));
     Assets {
         index: Asset::new(
             INDEX_HTML.replace(VERSION_PLACEHOLDER, &version),
@@ -78,6 +85,8 @@ static ASSETS: LazyLock<Assets> = LazyLock::new(|| {
         ),
         js: Asset::new(APP_JS.to_owned(), "text/javascript; charset=utf-8"),
         css: Asset::new(APP_CSS.to_owned(), "text/css; charset=utf-8"),
+        en: Asset::new(I18N_EN.to_owned(), "text/javascript; charset=utf-8"),
+        ru: Asset::new(I18N_RU.to_owned(), "text/javascript; charset=utf-8"),
         version,
     }
 });
@@ -89,7 +98,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(OpenApiRouter::from(
             Router::new()
                 .route("/ui/app.js", get(app_js))
-                .route("/ui/app.css", get(app_css)),
+                .route("/ui/app.css", get(app_css))
+                .route("/ui/i18n/en.js", get(i18n_en))
+                .route("/ui/i18n/ru.js", get(i18n_ru)),
         ))
 }
 
@@ -112,6 +123,14 @@ async fn app_js(headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
 
 async fn app_css(headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
     serve(&ASSETS.css, &headers, asset_cache_control(q.as_deref()))
+}
+
+async fn i18n_en(headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    serve(&ASSETS.en, &headers, asset_cache_control(q.as_deref()))
+}
+
+async fn i18n_ru(headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    serve(&ASSETS.ru, &headers, asset_cache_control(q.as_deref()))
 }
 
 /// Immutable only under the URL of this exact build's assets, so an old page never
@@ -193,11 +212,37 @@ mod tests {
             "new Function",
             "setTimeout('",
             "setTimeout(\"",
-            "localStorage",
             "document.cookie",
         ] {
-            assert!(!APP_JS.contains(sink), "app.js must not use {sink}");
+            for (name, js) in [("app.js", APP_JS), ("en.js", I18N_EN), ("ru.js", I18N_RU)] {
+                assert!(!js.contains(sink), "{name} must not use {sink}");
+            }
         }
+        // Persistent storage holds the chosen language and nothing else (the token
+        // lives in sessionStorage only).
+        for (i, _) in APP_JS.match_indices("localStorage") {
+            let rest = &APP_JS[i + "localStorage".len()..];
+            assert!(
+                rest.starts_with(".getItem(LANG_KEY)") || rest.starts_with(".setItem(LANG_KEY, "),
+                "app.js uses localStorage for something else than the language: {}",
+                &APP_JS[i..(i + 60).min(APP_JS.len())]
+            );
+        }
+        assert!(!I18N_EN.contains("localStorage") && !I18N_RU.contains("localStorage"));
+    }
+
+    /// Both catalogues have the same keys (a missing Russian string would show English).
+    #[test]
+    fn catalogues_have_the_same_keys() {
+        let keys = |js: &str| -> Vec<String> {
+            js.lines()
+                .filter_map(|l| l.trim().strip_prefix('\''))
+                .filter_map(|l| l.split_once("':").map(|(k, _)| k.to_owned()))
+                .collect()
+        };
+        let (en, ru) = (keys(I18N_EN), keys(I18N_RU));
+        assert!(en.len() > 100, "{}", en.len());
+        assert_eq!(en, ru);
     }
 
     #[test]
@@ -206,6 +251,7 @@ mod tests {
         assert!(!html.contains(VERSION_PLACEHOLDER));
         assert!(html.contains(&format!("/ui/app.js?v={}", ASSETS.version)));
         assert!(html.contains(&format!("/ui/app.css?v={}", ASSETS.version)));
+        assert!(html.contains(&format!("/ui/i18n/ru.js?v={}", ASSETS.version)));
         assert!(!html.contains(" style="), "no inline styles (CSP)");
         assert!(!html.contains("<style"), "no inline styles (CSP)");
         // Every script is external (src=), none inline.

@@ -1,32 +1,19 @@
 //! Validation of client input, before anything reaches the database. Each failure is a
-//! 400 naming the field. The worker re-checks volume paths against the node's real
-//! filesystem (symlinks, its own state dir); these are the lexical rules.
+//! 400 naming the field. Volume paths follow the one set of rules in
+//! `volsnap_shared::volume` (the worker applies the same code at pre-flight); here the
+//! lexical half, the rest (the node's published roots, overlaps with the node's other
+//! workloads) when the workload is written.
 
+use chrono::{DateTime, Datelike as _, Utc};
 use volsnap_shared::db;
 use volsnap_shared::db::workloads::WorkloadFields;
-use volsnap_shared::domain::{SourceKind, VolumeScope, VolumeSpec};
+use volsnap_shared::domain::{self, SourceKind, VolumeSpec};
+use volsnap_shared::volume::{self, VolumeRefusal};
 
 use crate::error::Error;
 
 /// Most volumes one workload may have.
-pub const MAX_VOLUMES: usize = 64;
-const MAX_PATH: usize = 4096;
-
-/// Host paths an `absolute` volume may not be, nor be under (the worker refuses these
-/// and a few more, such as its own state directory).
-const SYSTEM_PATHS: &[&str] = &[
-    "/etc",
-    "/usr",
-    "/bin",
-    "/sbin",
-    "/lib",
-    "/lib64",
-    "/boot",
-    "/dev",
-    "/proc",
-    "/sys",
-    "/var/lib/docker",
-];
+pub const MAX_VOLUMES: usize = volume::MAX_VOLUMES;
 
 /// `^[a-z0-9][a-z0-9_.-]{0,62}$` — the same rule as the table's CHECK constraint.
 pub fn slug(field: &str, value: &str) -> Result<(), Error> {
@@ -47,96 +34,28 @@ pub fn slug(field: &str, value: &str) -> Result<(), Error> {
     }
 }
 
-/// A node name: 1–253 printable characters without whitespace.
+/// A node name: the strict grammar of `volsnap_shared::domain::check_node_name`
+/// (the worker applies it to its own `VOLSNAP_NODE` at start).
 pub fn node(field: &str, value: &str) -> Result<(), Error> {
-    if value.is_empty()
-        || value.len() > 253
-        || value.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(Error::invalid_field(
-            field,
-            "must be 1 to 253 characters without whitespace",
-        ));
-    }
-    Ok(())
+    domain::check_node_name(value).map_err(|e| Error::invalid_field(field, e))
 }
 
-/// `/`-separated segments with no empty, `.` or `..` segment; NUL and control
-/// characters refused.
-fn normalised_segments(path: &str) -> bool {
-    !path.is_empty()
-        && path.len() <= MAX_PATH
-        && !path.chars().any(char::is_control)
-        && path
-            .split('/')
-            .all(|s| !s.is_empty() && s != "." && s != "..")
+/// A refused volume as a 400 naming its field; the message names the volume by its
+/// container target, never by a host path.
+pub fn volume_refusal(r: &VolumeRefusal) -> Error {
+    Error::invalid_field(r.field(), r)
 }
 
-/// An absolute, normalised path other than `/`.
-fn absolute(path: &str) -> bool {
-    path.strip_prefix('/').is_some_and(normalised_segments)
-}
-
-fn is_system_path(path: &str) -> bool {
-    SYSTEM_PATHS.iter().any(|p| {
-        path == *p
-            || path
-                .strip_prefix(p)
-                .is_some_and(|rest| rest.starts_with('/'))
-    })
-}
-
-pub fn volumes(volumes: &[VolumeSpec]) -> Result<(), Error> {
+/// The lexical volume rules; returns the volumes in normal form.
+pub fn volumes(volumes: &[VolumeSpec]) -> Result<Vec<VolumeSpec>, Error> {
     if volumes.len() > MAX_VOLUMES {
         return Err(Error::invalid_field(
             "volumes",
             format!("at most {MAX_VOLUMES} volumes"),
         ));
     }
-    for (i, v) in volumes.iter().enumerate() {
-        let source = format!("volumes[{i}].source");
-        match v.scope {
-            VolumeScope::Absolute => {
-                if !absolute(&v.source) {
-                    return Err(Error::invalid_field(
-                        source,
-                        "scope absolute needs an absolute, normalised host path (no '.', '..' or '//', not '/')",
-                    ));
-                }
-                if is_system_path(&v.source) {
-                    return Err(Error::invalid_field(
-                        source,
-                        "a system path cannot be a volume",
-                    ));
-                }
-            }
-            VolumeScope::Project | VolumeScope::Stage => {
-                if v.source.starts_with('/') || !normalised_segments(&v.source) {
-                    return Err(Error::invalid_field(
-                        source,
-                        format!(
-                            "scope {} needs a relative, normalised path (no leading '/', no '.', '..' or '//')",
-                            v.scope
-                        ),
-                    ));
-                }
-            }
-        }
-        let target = format!("volumes[{i}].target");
-        if !absolute(&v.target) {
-            return Err(Error::invalid_field(
-                target,
-                "must be an absolute, normalised container path (no '.', '..' or '//', not '/')",
-            ));
-        }
-        if volumes[..i].iter().any(|o| o.target == v.target) {
-            return Err(Error::invalid_field(
-                target,
-                "targets must be unique within a workload",
-            ));
-        }
-    }
-    Ok(())
+    let parsed = volume::parse_all(volumes).map_err(|r| volume_refusal(&r))?;
+    Ok(parsed.iter().map(volume::Volume::to_spec).collect())
 }
 
 /// A page size: 1 to 500, 100 when absent.
@@ -151,18 +70,24 @@ pub fn limit(limit: Option<i64>) -> Result<i64, Error> {
     }
 }
 
-/// An opaque listing cursor, as handed out in `next_cursor`.
+/// An opaque listing cursor, as handed out in `next_cursor`. Its timestamp must be one
+/// a row can have (years 1 to 9999): PostgreSQL refuses far-out ones.
 pub fn cursor(cursor: Option<&str>) -> Result<Option<db::Cursor>, Error> {
     cursor
         .map(|c| {
             db::Cursor::decode(c)
+                .filter(|c| plausible(c.created_at))
                 .ok_or_else(|| Error::invalid_field("cursor", "not a cursor this API handed out"))
         })
         .transpose()
 }
 
-/// The whole workload body.
-pub fn workload(f: &WorkloadFields) -> Result<(), Error> {
+fn plausible(t: DateTime<Utc>) -> bool {
+    (1..=9999).contains(&t.year())
+}
+
+/// The whole workload body; its volumes are put in normal form.
+pub fn workload(f: &mut WorkloadFields) -> Result<(), Error> {
     slug("name", &f.name)?;
     slug("project", &f.project)?;
     slug("stage", &f.stage)?;
@@ -186,12 +111,14 @@ pub fn workload(f: &WorkloadFields) -> Result<(), Error> {
         }
         _ => {}
     }
-    volumes(&f.volumes)
+    f.volumes = volumes(&f.volumes)?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use volsnap_shared::domain::VolumeScope;
 
     fn vol(scope: VolumeScope, source: &str, target: &str) -> VolumeSpec {
         VolumeSpec {
@@ -201,7 +128,7 @@ mod tests {
         }
     }
 
-    fn field_of(r: Result<(), Error>) -> String {
+    fn field_of<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
         r.unwrap_err().field.unwrap()
     }
 
@@ -227,38 +154,54 @@ mod tests {
     }
 
     #[test]
+    fn node_names() {
+        node("node", "node-a.example").unwrap();
+        for bad in ["", "a b", "node\u{200b}", "node\u{202e}x", "\u{0410}"] {
+            assert_eq!(field_of(node("node", bad)), "node", "{bad:?}");
+        }
+    }
+
+    #[test]
     fn volume_paths() {
         use VolumeScope::*;
-        volumes(&[
-            vol(Absolute, "/srv/app", "/data"),
-            vol(Stage, "data/db", "/var/lib/db"),
+        let normal = volumes(&[
+            vol(Absolute, "/srv/app/", "/data"),
+            vol(Stage, "./data//db", "/var/lib/db"),
         ])
         .unwrap();
+        assert_eq!(normal[0].source, "/srv/app");
+        assert_eq!(normal[1].source, "data/db");
         for (v, field) in [
             (vol(Absolute, "srv", "/d"), "volumes[0].source"),
             (vol(Absolute, "/", "/d"), "volumes[0].source"),
             (vol(Absolute, "/srv/../etc", "/d"), "volumes[0].source"),
-            (vol(Absolute, "/srv//x", "/d"), "volumes[0].source"),
-            (vol(Absolute, "/srv/./x", "/d"), "volumes[0].source"),
-            (vol(Absolute, "/srv/", "/d"), "volumes[0].source"),
-            (vol(Absolute, "/etc", "/d"), "volumes[0].source"),
-            (
-                vol(Absolute, "/var/lib/docker/volumes/x", "/d"),
-                "volumes[0].source",
-            ),
             (vol(Project, "/abs", "/d"), "volumes[0].source"),
             (vol(Project, "../up", "/d"), "volumes[0].source"),
             (vol(Stage, "a/../../b", "/d"), "volumes[0].source"),
             (vol(Stage, "", "/d"), "volumes[0].source"),
+            (vol(Stage, &"x".repeat(300), "/d"), "volumes[0].source"),
             (vol(Stage, "x", "rel"), "volumes[0].target"),
             (vol(Stage, "x", "/"), "volumes[0].target"),
             (vol(Stage, "x", "/a/../b"), "volumes[0].target"),
         ] {
             assert_eq!(field_of(volumes(std::slice::from_ref(&v))), field, "{v:?}");
         }
-        // /etcetera is not under /etc
-        volumes(&[vol(Absolute, "/etcetera", "/d")]).unwrap();
-        let dup = [vol(Stage, "a", "/d"), vol(Stage, "b", "/d")];
+        let dup = [vol(Stage, "a", "/d"), vol(Stage, "b", "/d/")];
         assert_eq!(field_of(volumes(&dup)), "volumes[1].target");
+    }
+
+    #[test]
+    fn cursors_with_far_out_timestamps_are_refused() {
+        let far = db::Cursor {
+            created_at: DateTime::<Utc>::from_timestamp_micros(i64::MAX / 2).unwrap(),
+            id: uuid::Uuid::nil(),
+        };
+        assert_eq!(field_of(cursor(Some(&far.encode()))), "cursor");
+        let now = db::Cursor {
+            created_at: DateTime::<Utc>::from_timestamp_micros(Utc::now().timestamp_micros())
+                .unwrap(),
+            id: uuid::Uuid::nil(),
+        };
+        assert_eq!(cursor(Some(&now.encode())).unwrap(), Some(now));
     }
 }

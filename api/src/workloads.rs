@@ -12,6 +12,7 @@ use volsnap_shared::db::workloads::{
     self as store, WorkloadFields, WorkloadFilter, WorkloadWriteError,
 };
 use volsnap_shared::domain::{SourceKind, VolumeSpec, Workload};
+use volsnap_shared::failure;
 use volsnap_shared::ids::WorkloadId;
 
 use crate::AppState;
@@ -38,13 +39,18 @@ pub struct WorkloadBody {
     #[schema(pattern = "^[a-z0-9][a-z0-9_.-]{0,62}$")]
     pub stage: String,
     /// The node (host) holding the workload's volumes; its jobs run there.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")]
     pub node: String,
     pub source_kind: SourceKind,
     /// Required for `image` workloads.
     #[serde(default)]
     pub image: Option<String>,
-    /// `absolute` scope: an absolute host path; `project`/`stage`: a relative path.
-    /// Targets: absolute, normalised, unique.
+    /// `absolute` scope: an absolute host path below one of the node's
+    /// `VOLSNAP_ABSOLUTE_ROOTS`; `project`/`stage`: a relative path. No `..`, NUL or
+    /// control characters; components of at most 255 bytes, paths of at most 4095.
+    /// Targets: absolute container paths, unique. Stored in normal form (`.` and empty
+    /// components dropped). No volume may equal, contain or lie inside a volume of
+    /// another workload of the same node.
     #[serde(default)]
     pub volumes: Vec<VolumeSpec>,
     /// Stop the workload's containers while capturing, for a consistent copy.
@@ -105,6 +111,12 @@ fn write_error(e: WorkloadWriteError) -> Error {
                  (DELETE /api/snapshots/{{sid}}) and let the node's worker remove the files first"
             ),
         ),
+        WorkloadWriteError::Volume(r) => validate::volume_refusal(&r),
+        WorkloadWriteError::Overlap(o) => {
+            let mut e = Error::conflict(failure::VOLUME_OVERLAP, o.to_string());
+            e.field = Some(format!("volumes[{}].source", o.index));
+            e
+        }
         WorkloadWriteError::Db(e) => Error::internal(e),
     }
 }
@@ -114,8 +126,8 @@ pub(crate) fn not_found() -> Error {
 }
 
 fn validated(body: WorkloadBody) -> Result<WorkloadFields, Error> {
-    let fields = WorkloadFields::from(body);
-    validate::workload(&fields)?;
+    let mut fields = WorkloadFields::from(body);
+    validate::workload(&mut fields)?;
     Ok(fields)
 }
 
@@ -123,9 +135,13 @@ fn validated(body: WorkloadBody) -> Result<WorkloadFields, Error> {
 #[utoipa::path(post, path = "/api/workloads", tag = "workloads", request_body = WorkloadBody,
     responses(
         (status = 201, description = "created", body = Workload, headers(("Location" = String))),
-        (status = 400, description = "invalid field (named in `error.field`) or malformed body", body = ErrorBody),
+        (status = 400, description = "invalid field (named in `error.field`) or malformed body; \
+            volume rules use the node's published roots (`absolute` volumes only under its \
+            `VOLSNAP_ABSOLUTE_ROOTS`)", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 409, description = "a workload with this project, stage and name exists", body = ErrorBody),
+        (status = 409, description = "a workload with this project, stage and name exists \
+            (`workload_exists`), or a volume overlaps a volume of another workload of the same \
+            node (`volume_overlap`; the message names it by id and project/stage/name)", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
     ))]
 async fn create_workload(
@@ -217,7 +233,8 @@ async fn get_workload(
         (status = 200, body = Workload),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
-        (status = 409, description = "name taken, or node change while a job is active", body = ErrorBody),
+        (status = 409, description = "name taken, node change while a job is active, or a volume \
+            overlaps a volume of another workload of the same node (`volume_overlap`)", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
     ))]
 async fn update_workload(

@@ -6,13 +6,17 @@
 //   CSP enforces Trusted Types, so a markup sink would throw instead of rendering.
 // - The bearer token lives in sessionStorage only (never in persistent storage, a cookie or a
 //   URL); any 401 clears it and returns to the sign-in form with the API's message.
+//   Persistent storage holds one thing: the language the operator chose.
+// - Every visible string comes from the catalogues (i18n/en.js, i18n/ru.js) via t().
 // - Lists are fetched a page at a time with the API's cursor; live updates touch only
-//   the rows whose job changed.
+//   the rows whose job changed, and keep the focused control focused.
 // - The token's name and role come from GET /api/whoami; signing in sends only reads.
 (function () {
   'use strict';
 
   const TOKEN_KEY = 'volsnap.token';
+  const LANG_KEY = 'volsnap.lang';
+  const BATCH_KEY = 'volsnap.batch.'; // sessionStorage: a batch request's per-item answer
   const POLL_MS = 2000; // jobs list refresh while the tab is visible
   const HIDDEN_POLL_MS = 10000; // ... and while it is not
   const JOB_WAIT_SECS = 2; // job view: ?wait= per request (answers at once when final)
@@ -22,8 +26,173 @@
   const JOB_STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'];
   const ACTIVE_STATES = ['queued', 'running'];
   const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+  const FILTER_KEYS = ['state', 'kind', 'workload', 'project', 'stage', 'node', 'batch', 'q'];
+  // Share of the whole job each phase stands for, [from, to] in percent: one overall
+  // figure that never jumps back when the next phase starts its own byte count.
+  const PHASE_SPANS = {
+    restore: {
+      queued: [0, 0], preflight: [0, 2], verifying: [2, 15], extracting: [15, 55],
+      quiescing: [55, 57], swapping: [57, 59], redeploying: [59, 62],
+      'archiving pre-restore copy': [62, 97], 'cleaning up': [97, 100],
+    },
+    capture: { queued: [0, 0], preflight: [0, 3], capturing: [3, 100] },
+  };
 
   const $ = (id) => document.getElementById(id);
+
+  // ---------------------------------------------------------------- i18n
+
+  const CATALOGUES = window.VOLSNAP_I18N || {};
+  const LANGS = ['en', 'ru'];
+
+  function initialLang() {
+    let saved = null;
+    try {
+      saved = localStorage.getItem(LANG_KEY);
+    } catch (_) {
+      saved = null;
+    }
+    if (saved && LANGS.includes(saved)) return saved;
+    for (const l of navigator.languages || [navigator.language]) {
+      const base = String(l || '').toLowerCase().split('-')[0];
+      if (LANGS.includes(base)) return base;
+    }
+    return 'en';
+  }
+
+  let lang = initialLang();
+
+  function message(key) {
+    const cat = CATALOGUES[lang] || {};
+    if (Object.prototype.hasOwnProperty.call(cat, key)) return cat[key];
+    const en = CATALOGUES.en || {};
+    return Object.prototype.hasOwnProperty.call(en, key) ? en[key] : key;
+  }
+
+  function template(key, params) {
+    let m = message(key);
+    if (m && typeof m === 'object') {
+      const form = new Intl.PluralRules(lang).select(Number(params && params.n));
+      m = m[form] || m.other;
+    }
+    return String(m);
+  }
+
+  const hasKey = (key) => Object.prototype.hasOwnProperty.call(CATALOGUES.en || {}, key);
+
+  /** A message as text, parameters filled in. */
+  function t(key, params) {
+    const p = params || {};
+    return template(key, p).replace(/\{(\w+)\}/g, (all, k) =>
+      (Object.prototype.hasOwnProperty.call(p, k) ? (k === 'n' ? fmtNum(p[k]) : String(p[k])) : all));
+  }
+
+  /** A message as nodes: parameters may be elements (links, code). */
+  function tn(key, params) {
+    const p = params || {};
+    const out = [];
+    const parts = template(key, p).split(/\{(\w+)\}/);
+    parts.forEach((part, i) => {
+      if (i % 2 === 0) {
+        if (part) out.push(part);
+      } else if (Object.prototype.hasOwnProperty.call(p, part)) {
+        const v = p[part];
+        out.push(v instanceof Node ? v : (part === 'n' ? fmtNum(v) : String(v)));
+      } else {
+        out.push(`{${part}}`);
+      }
+    });
+    return out;
+  }
+
+  const fmtNum = (n) => new Intl.NumberFormat(lang).format(Number(n));
+  const fmtPct = (x) => new Intl.NumberFormat(lang, { style: 'percent', maximumFractionDigits: 0 }).format(x);
+
+  /** Local date and time, to the second; the exact UTC instant is in the title. */
+  function fmtTime(iso) {
+    if (!iso) return t('none');
+    const d = new Date(iso);
+    if (Number.isNaN(d.getTime())) return String(iso);
+    return new Intl.DateTimeFormat(lang, { dateStyle: 'medium', timeStyle: 'medium' }).format(d);
+  }
+
+  function fmtClock(d) {
+    return new Intl.DateTimeFormat(lang, { timeStyle: 'medium' }).format(d);
+  }
+
+  function timeEl(iso) {
+    if (!iso) return t('none');
+    return h('time', { datetime: iso, title: iso }, fmtTime(iso));
+  }
+
+  /** Bytes with decimal units (kB = 1000 B), in the language's number format. */
+  function fmtBytes(n) {
+    if (n === null || n === undefined) return t('none');
+    const units = ['byte', 'kilobyte', 'megabyte', 'gigabyte', 'terabyte'];
+    let v = Number(n);
+    let i = 0;
+    while (v >= 1000 && i < units.length - 1) {
+      v /= 1000;
+      i++;
+    }
+    // Intl's short form of "byte" is the whole word; the other units have symbols.
+    if (i === 0) return t('unit.bytes', { v: fmtNum(v) });
+    return new Intl.NumberFormat(lang, {
+      style: 'unit', unit: units[i], unitDisplay: 'short', maximumFractionDigits: 1,
+    }).format(v);
+  }
+
+  /** A duration: "1 h 4 min", "12 s", "350 ms". */
+  function fmtDuration(ms) {
+    if (ms === null || ms === undefined || !Number.isFinite(ms)) return t('none');
+    const unit = (v, u, digits) => new Intl.NumberFormat(lang, {
+      style: 'unit', unit: u, unitDisplay: 'short', maximumFractionDigits: digits || 0,
+    }).format(v);
+    if (ms < 1000) return unit(Math.max(0, Math.round(ms)), 'millisecond');
+    if (ms < 60000) return unit(ms / 1000, 'second', ms < 10000 ? 1 : 0);
+    const s = Math.round(ms / 1000);
+    const hh = Math.floor(s / 3600);
+    const mm = Math.floor((s % 3600) / 60);
+    const ss = s % 60;
+    const parts = [];
+    if (hh) parts.push(unit(hh, 'hour'));
+    if (mm || hh) parts.push(unit(mm, 'minute'));
+    if (!hh) parts.push(unit(ss, 'second'));
+    return parts.join(' ');
+  }
+
+  const stateWord = (s) => (hasKey(`state.${s}`) ? t(`state.${s}`) : s);
+  const kindWord = (k) => (hasKey(`kind.${k}`) ? t(`kind.${k}`) : k);
+  const phaseWord = (p) => (hasKey(`phase.${p}`) ? t(`phase.${p}`) : p);
+
+  /** The catalogue's explanation of an API or worker error code, if it has one. */
+  function explain(code) {
+    if (!code) return null;
+    if (hasKey(`err.${code}`)) return t(`err.${code}`);
+    if (code.startsWith('archive_')) return t('err.archive_');
+    if (code.startsWith('http_')) return null;
+    return null;
+  }
+
+  /** Static text of the page: data-i18n (text), data-i18n-placeholder, -title, -label. */
+  function applyStatic() {
+    document.documentElement.lang = lang;
+    for (const el of document.querySelectorAll('[data-i18n]')) el.textContent = t(el.dataset.i18n);
+    for (const el of document.querySelectorAll('[data-i18n-placeholder]')) el.placeholder = t(el.dataset.i18nPlaceholder);
+    $('lang').value = lang;
+  }
+
+  function setLang(l) {
+    if (!LANGS.includes(l) || l === lang) return;
+    lang = l;
+    try {
+      localStorage.setItem(LANG_KEY, lang);
+    } catch (_) {
+      // not remembered: this page still switches
+    }
+    applyStatic();
+    rerenderAll();
+  }
 
   // ---------------------------------------------------------------- DOM helpers
 
@@ -54,6 +223,29 @@
     appendAll(el, children);
   }
 
+  /** A table cell that names its column (shown as a label when tables stack at 390 px). */
+  function td(colKey, attrs, ...children) {
+    return h('td', Object.assign({ 'data-label': colKey ? t(colKey) : null }, attrs || {}), ...children);
+  }
+
+  /**
+   * Re-render inside `container` without losing the keyboard focus: the focused control
+   * carries a data-fk key, and the control with the same key in the new content gets
+   * the focus back.
+   */
+  function keepFocus(container, render) {
+    const a = document.activeElement;
+    const key = a && a !== document.body && container.contains(a) ? a.dataset.fk : null;
+    render();
+    if (!key) return;
+    for (const el of container.querySelectorAll('[data-fk]')) {
+      if (el.dataset.fk === key) {
+        el.focus();
+        return;
+      }
+    }
+  }
+
   const isUuid = (s) => typeof s === 'string' && UUID_RE.test(s);
   // Ids are UUIDv7: the leading digits are a timestamp shared by everything made in
   // the same few seconds, so the short form is the random tail.
@@ -61,36 +253,6 @@
   const isActive = (state) => ACTIVE_STATES.includes(state);
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
   const enc = encodeURIComponent;
-
-  function pad(n) {
-    return String(n).padStart(2, '0');
-  }
-
-  /** Local time, to the second; the exact UTC instant is in the title. */
-  function fmtTime(iso) {
-    if (!iso) return '—';
-    const d = new Date(iso);
-    if (Number.isNaN(d.getTime())) return String(iso);
-    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
-      `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
-  }
-
-  function timeEl(iso) {
-    if (!iso) return '—';
-    return h('time', { datetime: iso, title: iso }, fmtTime(iso));
-  }
-
-  function fmtBytes(n) {
-    if (n === null || n === undefined) return '—';
-    const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-    let v = Number(n);
-    let i = 0;
-    while (v >= 1024 && i < units.length - 1) {
-      v /= 1024;
-      i++;
-    }
-    return i === 0 ? `${v} B` : `${v.toFixed(1)} ${units[i]}`;
-  }
 
   /** Sort key of an RFC 3339 UTC time with any number of fraction digits. */
   function timeKey(iso) {
@@ -108,7 +270,12 @@
 
   function jobLink(id, text) {
     if (!isUuid(id)) return text;
-    return h('a', { href: `#/jobs/${id.toLowerCase()}`, class: 'job-link', title: `job ${id}` }, text);
+    return h('a', { href: `#/jobs/${id.toLowerCase()}`, class: 'job-link', title: `${t('col.job')} ${id}` }, text);
+  }
+
+  function batchLink(id, text) {
+    if (!isUuid(id)) return text;
+    return h('a', { href: `#/batches/${id.toLowerCase()}`, class: 'batch-link' }, text);
   }
 
   // ---------------------------------------------------------------- session and API
@@ -145,6 +312,7 @@
     if (!session.token) throw new SessionEnded();
     const headers = Object.assign(
       { Authorization: `Bearer ${session.token}`, Accept: 'application/json' },
+      o.body !== undefined ? { 'Content-Type': 'application/json' } : {},
       o.headers || {},
     );
     let resp;
@@ -152,6 +320,7 @@
       resp = await fetch(path, {
         method,
         headers,
+        body: o.body !== undefined ? JSON.stringify(o.body) : undefined,
         signal: o.signal,
         cache: 'no-store',
         credentials: 'omit',
@@ -159,7 +328,7 @@
       });
     } catch (e) {
       if (quiet(e)) throw e;
-      throw new ApiError(0, 'network_error', `the API could not be reached (${e && e.message ? e.message : e})`);
+      throw new ApiError(0, 'network_error', String(e && e.message ? e.message : e));
     }
     const text = await resp.text();
     let body = null;
@@ -174,22 +343,25 @@
     const err = body && typeof body.error === 'object' && body.error ? body.error : {};
     if (resp.status === 401) {
       const why = err.message ? `: ${err.message}` : '';
-      endSession(`The API refused the token (401 ${err.code || 'unauthorized'}${why}). Sign in again.`, true);
+      endSession(t('refused', { status: 401, code: err.code || 'unauthorized', why }), true);
       throw new SessionEnded();
     }
     if (!resp.ok) {
       throw new ApiError(resp.status, err.code || `http_${resp.status}`,
-        err.message || resp.statusText || 'request failed', err);
+        err.message || resp.statusText || '', err);
     }
     return { status: resp.status, body };
   }
 
-  /** The API's error answer, in words: status, code, message, the job it names. */
+  /** The API's error answer, in words: status, code, its explanation, the message, the job. */
   function errorContent(e) {
-    if (!(e instanceof ApiError)) return [h('strong', null, 'Unexpected error'), `: ${e}`];
-    const parts = [h('strong', { class: 'code' }, e.status ? `${e.status} ${e.code}` : e.code), `: ${e.message}`];
-    if (e.status === 403) parts.push(' — this is a viewer token: it can look, not change anything.');
-    if (isUuid(e.jobId)) parts.push(' ', jobLink(e.jobId, `Open job ${e.jobId}`));
+    if (!(e instanceof ApiError)) return [h('strong', null, t('unexpected')), `: ${e}`];
+    const why = explain(e.code);
+    const parts = [h('strong', { class: 'code' }, e.status ? `${e.status} ${e.code}` : e.code)];
+    if (why) parts.push(`: ${why}`);
+    if (e.message) parts.push(why ? ` (${e.message})` : `: ${e.message}`);
+    if (e.status === 403) parts.push(t('viewer403'));
+    if (isUuid(e.jobId)) parts.push(' ', jobLink(e.jobId, t('openJob', { id: e.jobId })));
     return parts;
   }
 
@@ -207,18 +379,41 @@
     delete box.dataset.whoami;
   }
 
-  function notify(...parts) {
-    const box = $('notice');
+  const NOTICES = ['workloads-notice', 'snapshots-notice', 'jobs-notice', 'job-notice', 'batch-notice'];
+
+  /** A notice next to the action that caused it. */
+  function notify(boxId, ...parts) {
+    const box = $(boxId);
     setContent(box, h('span', null, ...parts), ' ',
-      h('button', { type: 'button', class: 'link', onclick: () => { box.hidden = true; } }, 'Dismiss'));
+      h('button', { type: 'button', class: 'link', onclick: () => { box.hidden = true; } }, t('dismiss')));
     box.hidden = false;
   }
 
+  function clearNotices() {
+    for (const id of NOTICES) {
+      $(id).hidden = true;
+      $(id).replaceChildren();
+    }
+  }
+
+  const live = { ok: true, at: null, error: null };
+
   function setLive(ok, e) {
+    live.ok = ok;
+    live.at = ok ? new Date() : live.at;
+    live.error = ok ? null : e;
+    renderLive();
+  }
+
+  function renderLive() {
     const el = $('live');
-    el.className = ok ? 'live ok' : 'live bad';
-    if (ok) el.textContent = `Live · updated ${fmtTime(new Date().toISOString()).slice(11)}`;
-    else setContent(el, 'Not updating: ', ...errorContent(e), ' (retrying)');
+    if (!session.token) {
+      el.textContent = '';
+      return;
+    }
+    el.className = live.ok ? 'live ok' : 'live bad';
+    if (live.ok && live.at) el.textContent = t('live.ok', { time: fmtClock(live.at) });
+    else if (!live.ok) setContent(el, ...tn('live.bad', { error: h('span', null, ...errorContent(live.error)) }));
   }
 
   /**
@@ -230,7 +425,7 @@
     const { body } = await api('GET', '/api/whoami');
     const role = body && (body.role === 'admin' || body.role === 'viewer') ? body.role : null;
     const name = body && typeof body.name === 'string' ? body.name : null;
-    if (!role) throw new ApiError(0, 'bad_answer', 'GET /api/whoami gave no role');
+    if (!role) throw new ApiError(0, 'bad_answer', 'GET /api/whoami');
     return { name, role };
   }
 
@@ -240,10 +435,7 @@
     session.name = name;
     session.role = role;
     renderWhoami();
-    if (!changed) return;
-    renderSnapshotButtons();
-    for (const row of jobsList.rows.values()) replaceRow(row, row.job);
-    if (jobView.job) renderJob(jobView.job);
+    if (changed) rerenderAll();
   }
 
   /** The role is still unknown (whoami failed, not with 401): ask again, one at a time. */
@@ -291,15 +483,14 @@
     enterApp();
     if (failure) {
       const box = $('page-error');
-      setContent(box, 'Could not tell whether this token is admin or viewer (',
-        ...errorContent(failure), '); the buttons stay enabled and the API decides. Asking again…');
+      setContent(box, ...tn('who.failed', { error: h('span', null, ...errorContent(failure)) }));
       box.dataset.whoami = 'unknown';
       box.hidden = false;
     }
   }
 
   /** Forget the token and go back to the sign-in form. */
-  function endSession(message, isError) {
+  function endSession(msg, isError) {
     session.gen++;
     session.token = null;
     session.role = null;
@@ -312,24 +503,28 @@
     }
     stopJobs();
     closeJobView();
+    closeBatchView();
     resetJobs();
     workloads.byId.clear();
     workloads.selected = null;
-    const dlg = $('restore-dialog');
-    if (dlg.open) dlg.close();
-    showLogin(message, isError);
+    active.byWorkload.clear();
+    active.last.clear();
+    for (const id of ['restore-dialog', 'delete-dialog']) {
+      if ($(id).open) $(id).close();
+    }
+    showLogin(msg, isError);
   }
 
-  function showLogin(message, isError) {
+  function showLogin(msg, isError) {
     $('app-view').hidden = true;
     $('whoami').hidden = true;
     $('signout').hidden = true;
     $('live').textContent = '';
     $('login-view').hidden = false;
-    const msg = $('login-message');
-    msg.textContent = message || '';
-    msg.className = isError ? 'error' : 'info';
-    msg.hidden = !message;
+    const box = $('login-message');
+    box.textContent = msg || '';
+    box.className = isError ? 'error' : 'info';
+    box.hidden = !msg;
     const input = $('token');
     input.value = '';
     input.focus();
@@ -338,12 +533,13 @@
   /** "signed in as NAME (ROLE)"; the name is someone's input, so it is text only. */
   function renderWhoami() {
     const el = $('whoami');
+    if (!session.token) return;
     el.hidden = false;
-    const role = session.role === 'viewer' ? 'viewer · read-only'
-      : session.role === 'admin' ? 'admin' : 'role unknown';
-    setContent(el, 'signed in as ',
-      h('strong', { id: 'whoami-name' }, session.name === null ? '(unknown token)' : session.name),
-      ` (${role})`);
+    const role = session.role === 'viewer' ? t('role.viewer')
+      : session.role === 'admin' ? t('role.admin') : t('role.unknown');
+    setContent(el, ...tn('who.as', {
+      name: h('strong', { id: 'whoami-name', translate: 'no' }, session.name === null ? t('who.unknownToken') : session.name),
+    }), ` (${role})`);
     el.className = session.role ? `badge ${session.role}` : 'badge';
     if (session.role) el.dataset.role = session.role;
     else delete el.dataset.role;
@@ -354,7 +550,7 @@
     $('app-view').hidden = false;
     $('signout').hidden = false;
     hideError($('page-error'));
-    $('notice').hidden = true;
+    clearNotices();
     renderWhoami();
     // Workloads first, so the jobs list can name them without one request per row.
     const gen = session.gen;
@@ -368,37 +564,113 @@
     if (session.role !== 'viewer') setIdentity(session.name, 'viewer');
   }
 
-  const writeBlocker = () =>
-    (session.role === 'viewer' ? 'needs an admin token (you are signed in with a viewer token)' : null);
+  const writeBlocker = () => (session.role === 'viewer' ? t('needsAdmin') : null);
+
+  /** Everything drawn from data again (language or role changed). */
+  function rerenderAll() {
+    if (!session.token) return;
+    renderWhoami();
+    renderLive();
+    renderWorkloadRows();
+    if (workloads.selected) renderSnapshots();
+    for (const row of jobsList.rows.values()) replaceRow(row, row.job);
+    updateJobsFooter();
+    renderFilterChips();
+    renderTriage();
+    if (jobView.job) renderJob(jobView.job);
+    if (batchView.status) renderBatch();
+    if (!$('batch-new-view').hidden) renderLauncher();
+    if ($('restore-dialog').open) fillRestoreDialog();
+    if ($('delete-dialog').open) fillDeleteDialog();
+  }
 
   // ---------------------------------------------------------------- routing
 
+  /** The list view's filters from the URL's hash: #/?state=failed&kind=restore&… */
+  function filtersFromHash() {
+    const f = {};
+    const i = location.hash.indexOf('?');
+    if (!location.hash.startsWith('#/') || i < 0) return f;
+    const q = new URLSearchParams(location.hash.slice(i + 1));
+    for (const k of FILTER_KEYS) {
+      const v = (q.get(k) || '').trim();
+      if (!v) continue;
+      if ((k === 'workload' || k === 'batch') && !isUuid(v)) continue;
+      f[k] = v;
+    }
+    return f;
+  }
+
+  function hashOf(f) {
+    const q = new URLSearchParams();
+    for (const k of FILTER_KEYS) if (f[k]) q.set(k, f[k]);
+    const s = q.toString();
+    return s ? `#/?${s}` : '#/';
+  }
+
+  function showView(id) {
+    for (const v of ['list-view', 'job-view', 'batch-view', 'batch-new-view']) $(v).hidden = v !== id;
+  }
+
+  let lastRoute = null;
+
   function route() {
     if (!session.token) return;
-    const dlg = $('restore-dialog');
-    if (dlg.open) dlg.close();
-    const m = /^#\/jobs\/([0-9a-fA-F-]{36})$/.exec(location.hash);
-    if (m && isUuid(m[1])) {
-      $('list-view').hidden = true;
-      $('job-view').hidden = false;
-      stopJobs();
-      openJobView(m[1].toLowerCase());
-    } else {
-      closeJobView();
-      $('job-view').hidden = true;
-      $('list-view').hidden = false;
-      startJobs();
+    for (const id of ['restore-dialog', 'delete-dialog']) {
+      if ($(id).open) $(id).close();
     }
+    const hash = location.hash;
+    const routeKey = hash.split('?')[0];
+    if (routeKey !== lastRoute) clearNotices();
+    lastRoute = routeKey;
+    let m = /^#\/jobs\/([0-9a-fA-F-]{36})$/.exec(hash);
+    if (m && isUuid(m[1])) {
+      showView('job-view');
+      stopJobs();
+      closeBatchView();
+      openJobView(m[1].toLowerCase());
+      return;
+    }
+    closeJobView();
+    if (hash === '#/batches/new') {
+      showView('batch-new-view');
+      stopJobs();
+      closeBatchView();
+      openLauncher();
+      return;
+    }
+    m = /^#\/batches\/([0-9a-fA-F-]{36})$/.exec(hash);
+    if (m && isUuid(m[1])) {
+      showView('batch-view');
+      stopJobs();
+      openBatchView(m[1].toLowerCase());
+      return;
+    }
+    closeBatchView();
+    showView('list-view');
+    applyFilters(filtersFromHash());
+    startJobs();
   }
 
   // ---------------------------------------------------------------- workloads
 
   const workloads = {
     byId: new Map(),
+    order: [],
     cursor: null,
     selected: null,
     fetching: new Set(),
   };
+
+  const fullName = (w) => `${w.project}/${w.stage}/${w.name}`;
+
+  /** project/stage/name, the name stressed: one workload, never two. */
+  function workloadLabel(w) {
+    if (!w) return '';
+    if (w.gone) return t('deletedWorkload', { id: shortId(w.id) });
+    return h('span', { class: 'wl', title: w.id, translate: 'no' }, h('span', { class: 'wl-ps' }, `${w.project}/${w.stage}/`),
+      h('strong', { class: 'wl-name' }, w.name));
+  }
 
   async function loadWorkloads(more) {
     const q = new URLSearchParams({ limit: String(PAGE_SIZE) });
@@ -410,19 +682,15 @@
     btn.disabled = true;
     try {
       const { body } = await api('GET', `/api/workloads?${q}`);
-      const tbody = $('workloads-table').tBodies[0];
-      if (!more) tbody.replaceChildren();
+      if (!more) workloads.order = [];
       for (const w of body.items) {
         workloads.byId.set(w.id, w);
-        tbody.appendChild(workloadRow(w));
+        if (!workloads.order.includes(w.id)) workloads.order.push(w.id);
       }
       workloads.cursor = body.next_cursor || null;
-      btn.hidden = !workloads.cursor;
-      $('workloads-empty').hidden = tbody.rows.length > 0;
+      renderWorkloadRows();
       refreshWorkloadNames();
-      if (workloads.selected && workloads.byId.has(workloads.selected)) {
-        $('snapshots-workload').textContent = workloads.byId.get(workloads.selected).name;
-      }
+      if (workloads.selected) renderSnapshotsTitle();
     } catch (e) {
       showError($('page-error'), e);
     } finally {
@@ -430,22 +698,74 @@
     }
   }
 
+  /** Every workload (the batch launcher filters them), a page at a time. */
+  async function loadAllWorkloads() {
+    if (!workloads.order.length) await loadWorkloads(false);
+    for (let i = 0; i < 50 && workloads.cursor; i++) await loadWorkloads(true);
+  }
+
+  function renderWorkloadRows() {
+    const tbody = $('workloads-table').tBodies[0];
+    keepFocus(tbody, () => {
+      tbody.replaceChildren(...workloads.order.map((id) => workloadRow(workloads.byId.get(id))).filter(Boolean));
+    });
+    $('workloads-more').hidden = !workloads.cursor;
+    $('workloads-empty').hidden = workloads.order.length > 0;
+  }
+
+  function renderWorkloadRow(id) {
+    const tbody = $('workloads-table').tBodies[0];
+    const old = tbody.querySelector(`tr[data-workload-id="${id}"]`);
+    const w = workloads.byId.get(id);
+    if (!old || !w) return;
+    keepFocus(tbody, () => old.replaceWith(workloadRow(w)));
+  }
+
+  /** What a busy workload shows instead of its restore/capture buttons. */
+  function busyLink(job) {
+    const pct = overallPct(job);
+    const key = job.kind === 'capture'
+      ? (pct === null ? 'w.capturing' : 'w.capturingPct')
+      : (pct === null ? 'w.restoring' : 'w.restoringPct');
+    const phase = job.state === 'queued' ? t('w.queuedFor') : phaseWord(job.phase);
+    return h('a', {
+      class: 'busy', href: `#/jobs/${job.id}`, 'data-job-id': job.id, 'data-fk': `busy:${job.workload_id}`,
+    }, t(key, { phase, pct: pct === null ? '' : fmtPct(pct / 100) }));
+  }
+
+  function lastResult(wid) {
+    const j = active.last.get(wid);
+    if (!j) return null;
+    return h('a', { class: `last s-${j.state}`, href: `#/jobs/${j.id}`, 'data-state': j.state },
+      t('w.last', { kind: kindWord(j.kind), state: stateWord(j.state) }));
+  }
+
   function workloadRow(w) {
+    const job = active.byWorkload.get(w.id);
+    const blocked = writeBlocker();
     return h('tr', { 'data-workload-id': w.id, class: w.id === workloads.selected ? 'selected' : null },
-      h('td', { class: 'name' }, w.name),
-      h('td', null, `${w.project} / ${w.stage}`),
-      h('td', null, w.node),
-      h('td', null, w.source_kind, w.image ? h('div', { class: 'sub' }, w.image) : null),
-      h('td', { class: 'actions' },
+      td('col.workload', { class: 'name' }, workloadLabel(w)),
+      td('col.node', { class: 'node' }, w.node),
+      td('col.source', null, hasKey(`source.${w.source_kind}`) ? t(`source.${w.source_kind}`) : w.source_kind,
+        w.image ? h('span', { class: 'sub' }, w.image) : null),
+      td(null, { class: 'actions' },
         h('button', {
-          type: 'button', class: 'show-snapshots', 'aria-label': `Snapshots of ${w.name}`,
-          onclick: () => selectWorkload(w.id),
-        }, 'Snapshots'),
+          type: 'button', class: 'show-snapshots', 'aria-label': t('w.snapshotsOf', { name: fullName(w) }),
+          'data-fk': `snaps:${w.id}`, onclick: () => selectWorkload(w.id),
+        }, t('w.snapshots')),
         ' ',
         h('button', {
-          type: 'button', class: 'show-jobs', 'aria-label': `Jobs of ${w.name}`,
-          onclick: () => filterJobsByWorkload(w.id),
-        }, 'Jobs')));
+          type: 'button', class: 'show-jobs', 'aria-label': t('w.jobsOf', { name: fullName(w) }),
+          'data-fk': `jobs:${w.id}`, onclick: () => filterJobsByWorkload(w.id),
+        }, t('w.jobs')),
+        ' ',
+        job ? busyLink(job) : h('button', {
+          type: 'button', class: 'capture', disabled: Boolean(blocked),
+          title: blocked || t('w.captureOf', { name: fullName(w) }),
+          'aria-label': t('w.captureOf', { name: fullName(w) }),
+          'data-fk': `capture:${w.id}`, onclick: (ev) => capture(w, ev.currentTarget),
+        }, t('w.capture')),
+        job ? null : lastResult(w.id)));
   }
 
   /** A job names its workload by id; fetch the ones the list has not shown yet. */
@@ -457,7 +777,7 @@
       workloads.byId.set(body.id, body);
     } catch (e) {
       if (quiet(e)) return;
-      if (e.status === 404) workloads.byId.set(id, { id, name: `(deleted workload ${shortId(id)})`, gone: true });
+      if (e.status === 404) workloads.byId.set(id, { id, name: shortId(id), gone: true });
       else return; // try again with the next row that needs it
     } finally {
       workloads.fetching.delete(id);
@@ -465,40 +785,149 @@
     refreshWorkloadNames(id);
   }
 
-  function workloadName(id) {
+  function workloadCell(id) {
     const w = workloads.byId.get(id);
-    if (w) return w.name;
+    if (w) return workloadLabel(w);
     fetchWorkload(id);
     return shortId(id);
+  }
+
+  function workloadText(id) {
+    const w = workloads.byId.get(id);
+    return w && !w.gone ? fullName(w) : shortId(id);
   }
 
   /** Re-render the job rows whose workload name is now known. */
   function refreshWorkloadNames(onlyId) {
     for (const row of jobsList.rows.values()) {
       if (onlyId && row.job.workload_id !== onlyId) continue;
-      const cell = row.tr.querySelector('td.workload');
-      const w = workloads.byId.get(row.job.workload_id);
-      if (w && cell && cell.textContent !== w.name) replaceRow(row, row.job);
+      if (row.sig !== jobSig(row.job)) replaceRow(row, row.job);
     }
     if (jobView.job && (!onlyId || jobView.job.workload_id === onlyId)) renderJob(jobView.job);
+    if (batchView.status) renderBatch();
+    renderFilterChips();
+    renderTriage();
+  }
+
+  async function capture(w, btn) {
+    if (btn) btn.disabled = true;
+    hideError($('page-error'));
+    try {
+      const { body } = await api('POST', `/api/workloads/${enc(w.id)}/snapshots`);
+      const job = body.job;
+      setActive(job);
+      notify('workloads-notice', ...tn('capture.queued', { name: h('strong', null, fullName(w)), job: jobLink(job.id, job.id) }));
+      applyJob(job, true);
+      if (w.id === workloads.selected) loadSnapshots(false);
+      jobsNow();
+    } catch (e) {
+      showError($('page-error'), e);
+      if (btn && btn.isConnected) btn.disabled = Boolean(writeBlocker());
+    }
+  }
+
+  // ---------------------------------------------------------------- active jobs (busy state)
+
+  const active = {
+    byWorkload: new Map(), // workload id -> its queued or running job
+    last: new Map(), // workload id -> its job that finished while this page watched
+  };
+
+  function setActive(job) {
+    const was = active.byWorkload.get(job.workload_id);
+    if (isActive(job.state)) {
+      active.byWorkload.set(job.workload_id, job);
+    } else if (was && was.id === job.id) {
+      active.byWorkload.delete(job.workload_id);
+      active.last.set(job.workload_id, job);
+    } else if (!was) {
+      const prev = active.last.get(job.workload_id);
+      if (prev && prev.id === job.id) active.last.set(job.workload_id, job);
+    }
+    const sig = (j) => (j ? [j.id, j.state, j.phase, j.progress_done, j.progress_total].join('|') : '');
+    if (sig(was) !== sig(active.byWorkload.get(job.workload_id)) || !isActive(job.state)) {
+      renderWorkloadRow(job.workload_id);
+      if (job.workload_id === workloads.selected) renderSnapshots();
+    }
+  }
+
+  /** Every queued or running job (one request), so each workload row shows its state. */
+  async function refreshActive(signal) {
+    const { body } = await api('GET', `/api/jobs?state=queued,running&limit=${ACTIVE_LIMIT}`, { signal });
+    const now = new Map(body.items.map((j) => [j.workload_id, j]));
+    const ended = [...active.byWorkload.values()].filter((j) => {
+      const n = now.get(j.workload_id);
+      return !n || n.id !== j.id;
+    });
+    for (const j of now.values()) setActive(j);
+    for (const j of ended.slice(0, MAX_SINGLE_REFRESH)) {
+      try {
+        const { body: fin } = await api('GET', `/api/jobs/${enc(j.id)}`, { signal });
+        setActive(fin);
+        if (fin.workload_id === workloads.selected) loadSnapshots(false);
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 404) {
+          active.byWorkload.delete(j.workload_id);
+          renderWorkloadRow(j.workload_id);
+        } else throw e;
+      }
+    }
+    return new Set(body.items.map((j) => j.id));
+  }
+
+  // ---------------------------------------------------------------- triage
+
+  const triage = { counts: null, failed: [] };
+
+  async function refreshTriage(signal) {
+    const [{ body: counts }, { body: failed }] = await Promise.all([
+      api('GET', '/api/triage', { signal }),
+      api('GET', '/api/jobs?state=failed&kind=restore&limit=5', { signal }),
+    ]);
+    const dayAgo = Date.now() - 24 * 3600 * 1000;
+    triage.counts = counts;
+    triage.failed = failed.items.filter((j) => j.finished_at && new Date(j.finished_at).getTime() > dayAgo);
+    renderTriage();
+  }
+
+  function renderTriage() {
+    const c = triage.counts;
+    if (!c) return;
+    $('triage-running').textContent = t('triage.running', { n: c.running });
+    $('triage-queued').textContent = t('triage.queued', { n: c.queued });
+    $('triage-failed').textContent = t('triage.failed', { n: c.failed_24h });
+    const list = $('failed-restores-list');
+    keepFocus(list, () => {
+      list.replaceChildren(...triage.failed.map((j) => h('li', { 'data-job-id': j.id },
+        jobLink(j.id, shortId(j.id)), ' ', workloadCell(j.workload_id), ' ',
+        j.error_code ? h('code', null, j.error_code) : null, ' ',
+        explain(j.error_code) || '', ' · ', timeEl(j.finished_at))));
+    });
+    $('failed-restores-empty').hidden = triage.failed.length > 0;
   }
 
   // ---------------------------------------------------------------- snapshots
 
-  const snapshots = { cursor: null, gen: 0, items: [] };
+  const snapshots = { cursor: null, gen: 0, items: [], missing: new Map() };
+
+  function renderSnapshotsTitle() {
+    const w = workloads.byId.get(workloads.selected);
+    setContent($('snapshots-title'), ...tn('snap.title', { name: w ? workloadLabel(w) : workloads.selected }));
+    const note = $('snapshots-note');
+    note.hidden = !w || w.source_kind === 'image';
+    note.textContent = w && w.source_kind !== 'image' ? t('snap.notImage', { kind: w.source_kind }) : '';
+  }
 
   function selectWorkload(id) {
     workloads.selected = id;
     for (const tr of $('workloads-table').tBodies[0].rows) {
       tr.classList.toggle('selected', tr.dataset.workloadId === id);
     }
-    const w = workloads.byId.get(id);
     $('snapshots-section').hidden = false;
-    $('snapshots-workload').textContent = w ? w.name : id;
-    const note = $('snapshots-note');
-    note.hidden = !w || w.source_kind === 'image';
-    note.textContent = w && w.source_kind !== 'image'
-      ? `Only image workloads can be restored; this one is ${w.source_kind}.` : '';
+    $('snapshots-notice').hidden = true;
+    renderSnapshotsTitle();
+    snapshots.items = [];
+    renderSnapshots();
     loadSnapshots(false);
   }
 
@@ -516,8 +945,12 @@
     try {
       const { body } = await api('GET', `/api/workloads/${enc(w.id)}/snapshots?${q}`);
       if (gen !== snapshots.gen || workloads.selected !== w.id) return;
-      if (!more) snapshots.items = [];
+      if (!more) {
+        snapshots.items = [];
+        snapshots.missing.clear();
+      }
       snapshots.items.push(...body.items);
+      for (const m of body.files_missing || []) snapshots.missing.set(m.snapshot_id, m.since);
       snapshots.cursor = body.next_cursor || null;
       renderSnapshots();
     } catch (e) {
@@ -530,66 +963,88 @@
   function renderSnapshots() {
     const w = workloads.byId.get(workloads.selected);
     const tbody = $('snapshots-table').tBodies[0];
-    tbody.replaceChildren(...snapshots.items.map((s) => snapshotRow(w, s)));
+    keepFocus(tbody, () => tbody.replaceChildren(...snapshots.items.map((s) => snapshotRow(w, s))));
     $('snapshots-empty').hidden = snapshots.items.length > 0;
     $('snapshots-more').hidden = !snapshots.cursor;
   }
 
-  const renderSnapshotButtons = () => {
-    if (workloads.selected) renderSnapshots();
-  };
-
   function restoreBlocker(w, s) {
     const write = writeBlocker();
     if (write) return write;
-    if (!w || w.source_kind !== 'image') return 'only image workloads can be restored';
-    if (s.state !== 'ready') return `only ready snapshots can be restored (this one is ${s.state})`;
+    if (!w || w.source_kind !== 'image') return t('snap.onlyImage');
+    if (s.state !== 'ready') return t('snap.onlyReady', { state: snapStateWord(s.state) });
+    if (snapshots.missing.has(s.id)) return t('snap.fileMissingSince', { time: fmtTime(snapshots.missing.get(s.id)) });
     return null;
   }
 
+  const snapStateWord = (s) => (hasKey(`snapstate.${s}`) ? t(`snapstate.${s}`) : s);
+  const snapKindWord = (k) => (hasKey(`snapkind.${k}`) ? t(`snapkind.${k}`) : k);
+
   function snapshotRow(w, s) {
     const blocked = restoreBlocker(w, s);
-    return h('tr', { 'data-snapshot-id': s.id },
-      h('td', { class: 'id' }, h('code', { title: s.id }, shortId(s.id))),
-      h('td', null, s.kind),
-      h('td', null, h('span', { class: `state-badge s-${s.state === 'ready' ? 'succeeded' : s.state === 'failed' ? 'failed' : 'running'}` }, s.state)),
-      h('td', null, fmtBytes(s.size_bytes)),
-      h('td', null, timeEl(s.created_at)),
-      h('td', { class: 'actions' },
-        h('button', {
+    const job = w && active.byWorkload.get(w.id);
+    const missing = snapshots.missing.get(s.id);
+    const badge = s.state === 'ready' ? 'succeeded' : s.state === 'failed' ? 'failed' : 'running';
+    return h('tr', { 'data-snapshot-id': s.id, class: missing ? 'missing' : null },
+      td('col.snapshot', { class: 'id' }, h('code', { title: s.id }, shortId(s.id))),
+      td('col.kind', null, snapKindWord(s.kind)),
+      td('col.state', null, h('span', { class: `state-badge s-${badge}` }, snapStateWord(s.state)),
+        missing ? [' ', h('span', { class: 'state-badge s-failed file-missing', title: t('snap.fileMissingSince', { time: fmtTime(missing) }) },
+          t('snap.fileMissing'))] : null),
+      td('col.size', { class: 'size' }, fmtBytes(s.size_bytes)),
+      td('col.created', null, timeEl(s.created_at)),
+      td(null, { class: 'actions' },
+        job ? busyLink(job) : (missing ? null : h('button', {
           type: 'button',
           class: 'restore danger',
           disabled: Boolean(blocked),
-          title: blocked || `Restore snapshot ${s.id} onto ${w ? w.name : 'its workload'}`,
-          'aria-label': `Restore snapshot ${shortId(s.id)}`,
+          title: blocked || t('snap.restoreTitle', { id: s.id, name: w ? fullName(w) : '' }),
+          'aria-label': t('snap.restoreLabel', { id: shortId(s.id) }),
+          'data-fk': `restore:${s.id}`,
           onclick: (ev) => openRestore(w, s, ev.currentTarget),
-        }, 'Restore…')));
+        }, t('snap.restore'))),
+        ' ',
+        h('button', {
+          type: 'button',
+          class: 'delete',
+          disabled: Boolean(writeBlocker()),
+          title: writeBlocker() || t('snap.deleteLabel', { id: s.id }),
+          'aria-label': t('snap.deleteLabel', { id: shortId(s.id) }),
+          'data-fk': `delete:${s.id}`,
+          onclick: (ev) => openDelete(w, s, ev.currentTarget),
+        }, t('snap.delete'))));
   }
 
   // ---------------------------------------------------------------- restore dialog
 
-  const restore = { w: null, s: null, trigger: null, busy: false };
+  const restore = { w: null, s: null, trigger: null, busy: false, noticeBox: 'snapshots-notice' };
 
-  function openRestore(w, s, trigger) {
+  function openRestore(w, s, trigger, noticeBox) {
     if (!w || !s) return;
-    Object.assign(restore, { w, s, trigger, busy: false });
-    $('restore-snapshot').textContent = s.id;
-    $('restore-taken').textContent = fmtTime(s.created_at);
-    $('restore-workload').textContent = w.name;
-    $('restore-where').textContent = `project ${w.project}, stage ${w.stage}, node ${w.node}`;
-    $('restore-expected').textContent = w.name;
-    const input = $('restore-confirm');
-    input.value = '';
+    Object.assign(restore, { w, s, trigger, busy: false, noticeBox: noticeBox || 'snapshots-notice' });
+    $('restore-confirm').value = '';
     hideError($('restore-error'));
-    $('restore-submit').textContent = 'Restore';
-    syncRestoreButton();
+    fillRestoreDialog();
     $('restore-dialog').showModal();
-    input.focus();
+    $('restore-confirm').focus();
+  }
+
+  function fillRestoreDialog() {
+    const { w, s } = restore;
+    setContent($('restore-question'), ...tn('restore.what', {
+      id: h('code', { id: 'restore-snapshot' }, s.id),
+      time: fmtTime(s.created_at),
+      name: h('strong', { id: 'restore-workload' }, fullName(w)),
+      node: w.node,
+    }));
+    setContent($('restore-label'), ...tn('restore.type', { name: h('strong', { id: 'restore-expected' }, fullName(w)) }));
+    $('restore-submit').textContent = restore.busy ? t('restore.busy') : t('restore.submit');
+    syncRestoreButton();
   }
 
   function syncRestoreButton() {
     const typed = $('restore-confirm').value.trim();
-    $('restore-submit').disabled = restore.busy || !restore.w || typed !== restore.w.name;
+    $('restore-submit').disabled = restore.busy || !restore.w || typed !== fullName(restore.w);
   }
 
   async function submitRestore(ev) {
@@ -599,7 +1054,7 @@
     const { w, s } = restore;
     const dlg = $('restore-dialog');
     restore.busy = true;
-    $('restore-submit').textContent = 'Restoring…';
+    $('restore-submit').textContent = t('restore.busy');
     syncRestoreButton();
     hideError($('restore-error'));
     try {
@@ -607,9 +1062,11 @@
         headers: { 'X-Confirm-Restore': s.id },
       });
       const job = body.job;
+      setActive(job);
       if (dlg.open) dlg.close();
-      notify('Restore of snapshot ', h('code', null, shortId(s.id)), ' onto ', h('strong', null, w.name),
-        ' queued as job ', jobLink(job.id, job.id), '.');
+      notify(restore.noticeBox, ...tn('restore.queued', {
+        id: h('code', null, shortId(s.id)), name: h('strong', null, fullName(w)), job: jobLink(job.id, job.id),
+      }));
       applyJob(job, true);
       jobsNow();
     } catch (e) {
@@ -617,8 +1074,45 @@
       showError(dlg.open ? $('restore-error') : $('page-error'), e);
     } finally {
       restore.busy = false;
-      $('restore-submit').textContent = 'Restore';
+      $('restore-submit').textContent = t('restore.submit');
       syncRestoreButton();
+    }
+  }
+
+  // ---------------------------------------------------------------- delete dialog
+
+  const del = { w: null, s: null, trigger: null };
+
+  function openDelete(w, s, trigger) {
+    Object.assign(del, { w, s, trigger });
+    hideError($('delete-error'));
+    fillDeleteDialog();
+    $('delete-dialog').showModal();
+    $('delete-cancel').focus();
+  }
+
+  function fillDeleteDialog() {
+    const { w, s } = del;
+    setContent($('delete-what'), ...tn('delete.what', {
+      id: h('code', null, s.id), kind: snapKindWord(s.kind), time: fmtTime(s.created_at),
+      name: h('strong', null, w ? fullName(w) : ''),
+    }));
+  }
+
+  async function submitDelete(ev) {
+    ev.preventDefault();
+    const btn = $('delete-submit');
+    btn.disabled = true;
+    hideError($('delete-error'));
+    try {
+      await api('DELETE', `/api/snapshots/${enc(del.s.id)}`);
+      $('delete-dialog').close();
+      notify('snapshots-notice', ...tn('delete.done', { id: h('code', null, shortId(del.s.id)) }));
+      loadSnapshots(false);
+    } catch (e) {
+      if (!quiet(e)) showError($('delete-error'), e);
+    } finally {
+      btn.disabled = false;
     }
   }
 
@@ -633,94 +1127,150 @@
     timer: null,
     seq: 0,
     ctrl: null,
-    workload: null, // workload filter (id)
+    filter: {}, // the filters in force (as in the URL)
+    filterKey: null,
   };
 
-  function jobFilter() {
-    return { state: $('filter-state').value, kind: $('filter-kind').value, workload: jobsList.workload };
+  function applyFilters(f) {
+    const key = JSON.stringify(FILTER_KEYS.map((k) => f[k] || ''));
+    $('filter-state').value = f.state || '';
+    if ($('filter-state').value !== (f.state || '')) $('filter-state').value = '';
+    $('filter-kind').value = f.kind || '';
+    for (const [k, id] of [['project', 'filter-project'], ['stage', 'filter-stage'], ['node', 'filter-node'], ['q', 'filter-text']]) {
+      if ($(id).value.trim() !== (f[k] || '')) $(id).value = f[k] || '';
+    }
+    if (key === jobsList.filterKey) return;
+    jobsList.filter = f;
+    jobsList.filterKey = key;
+    resetJobs();
+    renderFilterChips();
+    if (f.workload && workloads.byId.has(f.workload) && workloads.selected !== f.workload) selectWorkload(f.workload);
+    jobsNow();
   }
 
-  function jobsUrl(extra, ignoreState) {
-    const f = jobFilter();
+  function renderFilterChips() {
+    const f = jobsList.filter;
+    $('filter-workload').hidden = !f.workload;
+    setContent($('filter-workload-name'), f.workload ? workloadCell(f.workload) : '');
+    $('filter-batch').hidden = !f.batch;
+    const a = $('filter-batch-link');
+    a.textContent = f.batch ? shortId(f.batch) : '';
+    if (f.batch) a.href = `#/batches/${f.batch}`;
+    else a.removeAttribute('href');
+  }
+
+  /** The filter controls changed: the URL says so, and route() applies it. */
+  function filterControlsChanged(patch) {
+    const f = Object.assign({}, jobsList.filter, {
+      state: $('filter-state').value,
+      kind: $('filter-kind').value,
+      project: $('filter-project').value.trim(),
+      stage: $('filter-stage').value.trim(),
+      node: $('filter-node').value.trim(),
+      q: $('filter-text').value.trim(),
+    }, patch || {});
+    const next = hashOf(f);
+    if (next !== location.hash) location.hash = next;
+  }
+
+  function jobsUrl(extra) {
+    const f = jobsList.filter;
     const q = new URLSearchParams();
-    if (f.state && !ignoreState) q.set('state', f.state);
-    if (f.kind) q.set('kind', f.kind);
-    if (f.workload) q.set('workload', f.workload);
+    for (const k of FILTER_KEYS) if (f[k]) q.set(k, f[k]);
     q.set('limit', String(PAGE_SIZE));
     for (const [k, v] of Object.entries(extra || {})) q.set(k, v);
     return `/api/jobs?${q}`;
   }
 
+  /** Whether a fresh copy of a job still belongs in the list (the filters the page can check). */
   function matchesFilter(job) {
-    const f = jobFilter();
+    const f = jobsList.filter;
     if (f.state && !f.state.split(',').includes(job.state)) return false;
     if (f.kind && job.kind !== f.kind) return false;
     if (f.workload && job.workload_id !== f.workload) return false;
+    if (f.batch && job.batch_id !== f.batch) return false;
+    if (f.node && job.node !== f.node) return false;
+    const w = workloads.byId.get(job.workload_id);
+    if (w && f.project && w.project !== f.project) return false;
+    if (w && f.stage && w.stage !== f.stage) return false;
     return true;
   }
 
   function stateBadge(job) {
     const known = JOB_STATES.includes(job.state) ? job.state : 'unknown';
     const flags = [];
-    if (job.cancel_requested && isActive(job.state)) flags.push('cancel requested');
-    if (job.recovering && isActive(job.state)) flags.push('recovering');
-    return [h('span', { class: `state-badge s-${known}` }, job.state),
+    if (job.cancel_requested && isActive(job.state)) flags.push(t('flag.cancelRequested'));
+    if (job.recovering && isActive(job.state)) flags.push(t('flag.recovering'));
+    return [h('span', { class: `state-badge s-${known}` }, stateWord(job.state)),
       flags.length ? h('span', { class: 'sub' }, flags.join(', ')) : null];
   }
 
+  /** The job's overall progress in percent (0–100) across its phases; null if unknown. */
+  function overallPct(job) {
+    if (job.state === 'succeeded') return 100;
+    const spans = PHASE_SPANS[job.kind] || {};
+    const span = spans[job.phase];
+    if (!span) return null;
+    const frac = job.progress_total > 0 ? Math.min(1, job.progress_done / job.progress_total) : 0;
+    return span[0] + (span[1] - span[0]) * frac;
+  }
+
   function phaseText(job) {
-    if (job.progress_total > 0) {
-      const pct = Math.min(100, Math.floor((100 * job.progress_done) / job.progress_total));
-      return `${job.phase} (${pct}%)`;
-    }
-    return job.phase;
+    const pct = isActive(job.state) ? overallPct(job) : null;
+    const p = phaseWord(job.phase);
+    return pct === null ? p : `${p} · ${fmtPct(pct / 100)}`;
   }
 
   function errorCell(job) {
     if (!job.error_code && !job.error_message) return '';
-    return [job.error_code ? h('code', null, job.error_code) : null, ' ', job.error_message || ''];
+    const why = explain(job.error_code);
+    return [job.error_code ? h('code', null, job.error_code) : null, ' ',
+      why ? h('span', { class: 'why' }, why) : null, why && job.error_message ? ' — ' : '',
+      job.error_message ? h('span', { translate: 'no', class: 'msg' }, job.error_message) : ''];
+  }
+
+  function cancelBlocker(job) {
+    return writeBlocker()
+      || (job.past_point_of_no_return ? t('job.ponr') : null)
+      || (job.cancel_requested ? t('job.cancelRequestedAlready') : null);
   }
 
   function cancelButton(job, box) {
     if (!isActive(job.state)) return null;
-    const blocked = writeBlocker() || (job.cancel_requested ? 'cancel already requested' : null);
+    const blocked = cancelBlocker(job);
     return h('button', {
       type: 'button',
       class: 'cancel',
       disabled: Boolean(blocked),
-      title: blocked || `Cancel job ${job.id}`,
-      'aria-label': `Cancel job ${shortId(job.id)}`,
+      title: blocked || t('job.cancelLabel', { id: job.id }),
+      'aria-label': t('job.cancelLabel', { id: shortId(job.id) }),
+      'data-fk': `cancel:${job.id}`,
       onclick: (ev) => cancelJob(job.id, ev.currentTarget, box),
-    }, 'Cancel');
+    }, t('job.cancel'));
   }
 
   function jobSig(job) {
-    const w = workloads.byId.get(job.workload_id);
     return [job.state, job.phase, job.progress_done, job.progress_total, job.attempt, job.recovering,
-      job.cancel_requested, job.error_code, job.error_message, job.started_at, job.finished_at,
-      w ? w.name : '', session.role].join('\u0000');
+      job.cancel_requested, job.past_point_of_no_return, job.error_code, job.error_message, job.started_at,
+      job.finished_at, workloadText(job.workload_id), session.role, lang].join('\u0000');
   }
 
   function jobRow(job) {
-    const w = workloads.byId.get(job.workload_id);
     return h('tr', { 'data-job-id': job.id, 'data-state': job.state },
-      h('td', { class: 'id' }, jobLink(job.id, shortId(job.id))),
-      h('td', { class: 'kind' }, job.kind),
-      h('td', { class: 'workload', title: w && !w.gone ? `${w.project} / ${w.stage} · ${job.workload_id}` : job.workload_id },
-        workloadName(job.workload_id)),
-      h('td', { class: 'state' }, stateBadge(job)),
-      h('td', { class: 'phase' }, phaseText(job)),
-      h('td', { class: 'attempt' }, String(job.attempt)),
-      h('td', { class: 'err' }, errorCell(job)),
-      h('td', { class: 'created' }, timeEl(job.created_at)),
-      h('td', { class: 'started' }, timeEl(job.started_at)),
-      h('td', { class: 'finished' }, timeEl(job.finished_at)),
-      h('td', { class: 'actions' }, cancelButton(job, $('jobs-error'))));
+      td('col.job', { class: 'id' }, jobLink(job.id, shortId(job.id))),
+      td('col.kind', { class: 'kind' }, kindWord(job.kind)),
+      td('col.workload', { class: 'workload' }, workloadCell(job.workload_id)),
+      td('col.state', { class: 'state' }, stateBadge(job)),
+      td('col.phase', { class: 'phase' }, phaseText(job)),
+      td('col.attempt', { class: 'attempt' }, String(job.attempt)),
+      td('col.error', { class: 'err' }, errorCell(job)),
+      td('col.created', { class: 'created' }, timeEl(job.created_at)),
+      td('col.started', { class: 'started' }, timeEl(job.started_at)),
+      td('col.finished', { class: 'finished' }, timeEl(job.finished_at)),
+      td(null, { class: 'actions' }, cancelButton(job, $('jobs-error'))));
   }
 
-  function tbodyOfJobs() {
-    return $('jobs-table').tBodies[0];
-  }
+  const tbodyOfJobs = () => $('jobs-table').tBodies[0];
 
   function addRow(job, beforeTr) {
     const row = { job, tr: jobRow(job), sig: jobSig(job) };
@@ -730,7 +1280,7 @@
 
   function replaceRow(row, job) {
     const tr = jobRow(job);
-    row.tr.replaceWith(tr);
+    keepFocus(tbodyOfJobs(), () => row.tr.replaceWith(tr));
     row.tr = tr;
     row.job = job;
     row.sig = jobSig(job);
@@ -764,18 +1314,20 @@
       return;
     }
     if (row) {
-      const finished = isActive(row.job.state) && !isActive(job.state);
       if (row.sig !== jobSig(job)) replaceRow(row, job);
-      if (finished && job.workload_id === workloads.selected) loadSnapshots(false);
     } else if (insert) {
       insertSorted(job);
     }
   }
 
-  /** Any fresh copy of a job (an action's answer): list row and job view alike. */
+  /** Any fresh copy of a job (an action's answer): list row, busy state and job view alike. */
   function applyJob(job, insert) {
-    if (jobsList.loaded) upsert(job, insert);
+    const f = jobsList.filter;
+    // Only what the page can check itself: a text filter needs the API.
+    if (jobsList.loaded && !f.q) upsert(job, insert);
+    else if (jobsList.loaded && jobsList.rows.has(job.id)) upsert(job, false);
     updateJobsFooter();
+    setActive(job);
     if (jobView.id === job.id) renderJob(job);
   }
 
@@ -783,9 +1335,7 @@
     const n = jobsList.rows.size;
     $('jobs-empty').hidden = !jobsList.loaded || n > 0;
     $('jobs-more').hidden = !jobsList.cursor;
-    $('jobs-count').textContent = jobsList.loaded
-      ? `${n} job${n === 1 ? '' : 's'} shown${jobsList.cursor ? '; older ones are a page away' : ''}.`
-      : '';
+    $('jobs-count').textContent = jobsList.loaded ? t(jobsList.cursor ? 'jobs.shownMore' : 'jobs.shown', { n }) : '';
   }
 
   function resetJobs() {
@@ -828,18 +1378,10 @@
   }
 
   /** Active jobs shown but not on the newest page may have changed: re-read them. */
-  async function refreshOlderActive(seen, signal, epoch) {
-    let stale = [...jobsList.rows.values()].filter((r) => isActive(r.job.state) && !seen.has(r.job.id));
-    if (!stale.length) return;
-    const { body } = await api('GET', jobsUrl({ state: ACTIVE_STATES.join(','), limit: String(ACTIVE_LIMIT) }, true), { signal });
-    if (epoch !== jobsList.epoch) return;
-    const active = new Set();
-    for (const j of body.items) {
-      active.add(j.id);
-      if (jobsList.rows.has(j.id)) upsert(j, false);
-    }
-    // The rest finished since: read each (a few per refresh).
-    stale = stale.filter((r) => !active.has(r.job.id)).slice(0, MAX_SINGLE_REFRESH);
+  async function refreshOlderActive(seen, activeIds, signal, epoch) {
+    const stale = [...jobsList.rows.values()]
+      .filter((r) => isActive(r.job.state) && !seen.has(r.job.id) && !activeIds.has(r.job.id))
+      .slice(0, MAX_SINGLE_REFRESH);
     for (const r of stale) {
       try {
         const { body: job } = await api('GET', `/api/jobs/${enc(r.job.id)}`, { signal });
@@ -849,6 +1391,10 @@
         if (e instanceof ApiError && e.status === 404) removeRow(r.job.id);
         else throw e;
       }
+    }
+    // Still active ones: the active list has their fresh copies.
+    for (const j of active.byWorkload.values()) {
+      if (jobsList.rows.has(j.id) && !seen.has(j.id)) upsert(j, false);
     }
   }
 
@@ -863,7 +1409,10 @@
       const { body } = await api('GET', jobsUrl(), { signal: ctrl.signal });
       if (epoch !== jobsList.epoch) return;
       mergeNewest(body);
-      await refreshOlderActive(new Set(body.items.map((j) => j.id)), ctrl.signal, epoch);
+      const activeIds = await refreshActive(ctrl.signal);
+      if (epoch !== jobsList.epoch) return;
+      await refreshOlderActive(new Set(body.items.map((j) => j.id)), activeIds, ctrl.signal, epoch);
+      await refreshTriage(ctrl.signal);
       setLive(true);
       retryWhoami();
     } catch (e) {
@@ -917,28 +1466,20 @@
     }
   }
 
-  function filterChanged() {
-    resetJobs();
-    const id = jobsList.workload;
-    $('filter-workload').hidden = !id;
-    $('filter-workload-name').textContent = id ? workloadName(id) : '';
-    jobsNow();
-  }
-
   function filterJobsByWorkload(id) {
-    jobsList.workload = id;
-    filterChanged();
+    filterControlsChanged({ workload: id });
     $('jobs-title').scrollIntoView({ block: 'start' });
   }
 
   async function cancelJob(id, btn, box) {
     if (btn) btn.disabled = true;
     hideError(box);
+    const noticeBox = box === $('job-error') ? 'job-notice' : 'jobs-notice';
     try {
       const { body: job } = await api('POST', `/api/jobs/${enc(id)}/cancel`);
       applyJob(job, false);
-      if (job.state === 'cancelled') notify('Job ', jobLink(id, id), ' cancelled.');
-      else notify('Cancel requested for job ', jobLink(id, id), ': its worker stops it before it touches the workload.');
+      if (job.state === 'cancelled') notify(noticeBox, ...tn('job.cancelled', { id: jobLink(id, id) }));
+      else notify(noticeBox, ...tn('job.cancelRequested', { id: jobLink(id, id) }));
     } catch (e) {
       showError(box, e);
       if (e instanceof ApiError && e.status === 409 && jobView.id === id) followAgain();
@@ -949,7 +1490,7 @@
 
   // ---------------------------------------------------------------- job view
 
-  const jobView = { id: null, job: null, seq: 0, ctrl: null, readFailed: false };
+  const jobView = { id: null, job: null, phases: [], samples: [], seq: 0, ctrl: null, readFailed: false };
 
   function openJobView(id) {
     if (jobView.id === id) return;
@@ -957,7 +1498,11 @@
     jobView.id = id;
     $('job-id').textContent = id;
     $('job-fields').replaceChildren();
+    $('job-timeline').replaceChildren();
+    $('job-overall').replaceChildren();
     $('job-cancel').hidden = true;
+    $('job-cancel-why').hidden = true;
+    $('job-undo').hidden = true;
     hideError($('job-error'));
     $('job-title').focus();
     followJob(id, ++jobView.seq);
@@ -967,6 +1512,8 @@
     jobView.seq++;
     jobView.id = null;
     jobView.job = null;
+    jobView.phases = [];
+    jobView.samples = [];
     if (jobView.ctrl) jobView.ctrl.abort();
     jobView.ctrl = null;
   }
@@ -984,8 +1531,11 @@
       try {
         const { body } = await api('GET', `/api/jobs/${enc(id)}${waited ? `?wait=${JOB_WAIT_SECS}` : ''}`, { signal: ctrl.signal });
         if (seq !== jobView.seq) return;
+        const { body: ph } = await api('GET', `/api/jobs/${enc(id)}/phases`, { signal: ctrl.signal });
+        if (seq !== jobView.seq) return;
         if (jobView.readFailed) hideError($('job-error')); // not an action's error: keep those
         jobView.readFailed = false;
+        jobView.phases = ph.items || [];
         setLive(true);
         renderJob(body);
         if (!isActive(body.state)) return;
@@ -1000,90 +1550,508 @@
     }
   }
 
-  function yesNo(b) {
-    return b ? 'yes' : 'no';
+  const yesNo = (b) => (b ? t('yes') : t('no'));
+  const ms = (iso) => (iso ? new Date(iso).getTime() : null);
+
+  /** Bytes per second over the last samples of the current phase. */
+  function phaseRate(job) {
+    const now = Date.now();
+    const s = jobView.samples;
+    const last = s[s.length - 1];
+    if (!last || last.phase !== job.phase || last.done !== job.progress_done) {
+      s.push({ at: now, phase: job.phase, done: job.progress_done });
+      while (s.length > 20) s.shift();
+    }
+    const same = s.filter((x) => x.phase === job.phase && now - x.at < 15000);
+    if (same.length < 2) return null;
+    const a = same[0];
+    const b = same[same.length - 1];
+    if (b.at <= a.at || b.done <= a.done) return null;
+    return ((b.done - a.done) * 1000) / (b.at - a.at);
+  }
+
+  /** Downtime from the timeline: the app stopped (quiescing) until the phase after redeploying. */
+  function downtimeMs(job) {
+    const p = jobView.phases;
+    const stop = p.find((x) => x.phase === 'quiescing');
+    const redeploy = p.findIndex((x) => x.phase === 'redeploying');
+    if (!stop || redeploy < 0) return null;
+    const after = p.slice(redeploy + 1).find((x) => x.phase !== 'redeploying');
+    const end = after ? ms(after.at) : (job.finished_at ? ms(job.finished_at) : null);
+    return end ? end - ms(stop.at) : null;
+  }
+
+  function renderOverall(job) {
+    const pct = overallPct(job);
+    const box = $('job-overall');
+    if (pct === null) {
+      box.replaceChildren();
+      return;
+    }
+    const parts = [h('strong', null, t('job.overall')), ' ',
+      h('progress', { max: 100, value: Math.round(pct), 'aria-label': t('job.overall') }), ' ',
+      h('span', { class: 'pct' }, fmtPct(pct / 100)), ' · ', phaseWord(job.phase)];
+    if (isActive(job.state)) {
+      const rate = phaseRate(job);
+      if (rate) {
+        parts.push(' · ', t('job.rate', { rate: fmtBytes(rate) }));
+        if (job.progress_total > job.progress_done) {
+          parts.push(' · ', t('job.eta', { time: fmtDuration(((job.progress_total - job.progress_done) / rate) * 1000) }));
+        }
+      }
+    }
+    setContent(box, ...parts);
+  }
+
+  function renderTimeline(job) {
+    const p = jobView.phases;
+    const ol = $('job-timeline');
+    ol.replaceChildren(...p.map((x, i) => {
+      const next = p[i + 1];
+      const end = next ? ms(next.at) : (isActive(job.state) ? Date.now() : ms(job.finished_at || x.at));
+      const label = x.state === 'queued' || x.state === 'running' ? phaseWord(x.phase) : stateWord(x.state);
+      const final = !isActive(x.state);
+      return h('li', { 'data-phase': x.phase, 'data-state': x.state },
+        final ? t('job.phaseAt', { phase: label, time: fmtTime(x.at) })
+          : t('job.phaseFor', { phase: label, time: fmtTime(x.at), dur: fmtDuration(end - ms(x.at)) }),
+        x.attempt > 1 ? h('span', { class: 'sub' }, t('job.attemptN', { n: x.attempt })) : null);
+    }));
+  }
+
+  function snapshotLink(w, sid) {
+    if (!sid) return t('none');
+    if (!w || w.gone) return h('code', null, sid);
+    return h('a', { href: hashOf({ workload: w.id }), class: 'snapshot-link' }, h('code', null, sid));
   }
 
   function renderJob(job) {
     jobView.job = job;
     const w = workloads.byId.get(job.workload_id);
+    if (!w) fetchWorkload(job.workload_id);
+    const started = ms(job.started_at);
+    const duration = started ? (ms(job.finished_at) || Date.now()) - started : null;
+    const down = downtimeMs(job);
     const progress = job.progress_total > 0
-      ? [h('progress', { max: job.progress_total, value: job.progress_done }),
-        ` ${fmtBytes(job.progress_done)} of ${fmtBytes(job.progress_total)}`]
-      : '—';
+      ? [h('progress', { max: job.progress_total, value: job.progress_done, 'aria-label': t('jf.progress') }), ' ',
+        t('bytesOf', { done: fmtBytes(job.progress_done), total: fmtBytes(job.progress_total) })]
+      : t('none');
     const fields = [
-      ['state', 'State', stateBadge(job)],
-      ['kind', 'Kind', job.kind],
-      ['workload', 'Workload', [workloadName(job.workload_id), ' ',
-        h('code', { class: 'sub' }, w && !w.gone ? `${w.project} / ${w.stage} · ${job.workload_id}` : job.workload_id)]],
-      ['snapshot', 'Snapshot', job.snapshot_id ? h('code', null, job.snapshot_id) : '—'],
-      ['node', 'Node', job.node],
-      ['phase', 'Phase', job.phase],
-      ['progress', 'Progress', progress],
-      ['attempt', 'Attempt', String(job.attempt)],
-      ['error', 'Error', errorCell(job) || '—'],
-      ['recovering', 'Recovering', yesNo(job.recovering)],
-      ['cancel-requested', 'Cancel requested', yesNo(job.cancel_requested)],
-      ['point-of-no-return', 'Past point of no return', yesNo(job.past_point_of_no_return)],
-      ['worker', 'Worker', job.worker_id || '—'],
-      ['pre-restore', 'Pre-restore snapshot', job.pre_restore_snapshot_id ? h('code', null, job.pre_restore_snapshot_id) : '—'],
-      ['batch', 'Batch', job.batch_id ? h('code', null, job.batch_id) : '—'],
-      ['requested-by', 'Requested by', job.requested_by || '—'],
-      ['created', 'Created', timeEl(job.created_at)],
-      ['started', 'Started', timeEl(job.started_at)],
-      ['finished', 'Finished', timeEl(job.finished_at)],
-      ['heartbeat', 'Last heartbeat', timeEl(job.heartbeat_at)],
+      ['state', 'jf.state', stateBadge(job)],
+      ['kind', 'jf.kind', kindWord(job.kind)],
+      ['workload', 'jf.workload', w && !w.gone
+        ? h('a', { href: hashOf({ workload: w.id }), class: 'workload-link' }, workloadLabel(w))
+        : h('code', null, job.workload_id)],
+      ['snapshot', 'jf.snapshot', snapshotLink(w, job.snapshot_id)],
+      ['node', 'jf.node', job.node],
+      ['phase', 'jf.phase', phaseWord(job.phase)],
+      ['progress', 'jf.progress', progress],
+      ['duration', 'jf.duration', duration === null ? t('none') : fmtDuration(duration)],
+      ['downtime', 'jf.downtime', down === null ? t('none') : [fmtDuration(down), ' ', h('span', { class: 'sub' }, t('jf.downtimeHow'))]],
+      ['attempt', 'jf.attempt', String(job.attempt)],
+      ['error', 'jf.error', errorCell(job) || t('none')],
+      ['recovering', 'jf.recovering', yesNo(job.recovering)],
+      ['cancel-requested', 'jf.cancelRequested', yesNo(job.cancel_requested)],
+      ['point-of-no-return', 'jf.ponr', yesNo(job.past_point_of_no_return)],
+      ['worker', 'jf.worker', job.worker_id ? h('span', { translate: 'no' }, job.worker_id) : t('none')],
+      ['pre-restore', 'jf.preRestore', snapshotLink(w, job.pre_restore_snapshot_id)],
+      ['batch', 'jf.batch', job.batch_id ? batchLink(job.batch_id, h('code', null, job.batch_id)) : t('none')],
+      ['requested-by', 'jf.requestedBy', job.requested_by ? h('span', { translate: 'no' }, job.requested_by) : t('none')],
+      ['created', 'jf.created', timeEl(job.created_at)],
+      ['started', 'jf.started', timeEl(job.started_at)],
+      ['finished', 'jf.finished', timeEl(job.finished_at)],
+      ['heartbeat', 'jf.heartbeat', timeEl(job.heartbeat_at)],
     ];
     $('job-fields').replaceChildren(...fields.flatMap(([key, label, value]) =>
-      [h('dt', null, label), h('dd', { 'data-field': key }, value)]));
+      [h('dt', null, t(label)), h('dd', { 'data-field': key }, value)]));
+    renderOverall(job);
+    renderTimeline(job);
     const btn = $('job-cancel');
-    const blocked = writeBlocker() || (job.cancel_requested ? 'cancel already requested' : null);
+    const blocked = cancelBlocker(job);
     btn.hidden = !isActive(job.state);
     btn.disabled = Boolean(blocked);
-    btn.title = blocked || `Cancel job ${job.id}`;
+    btn.title = blocked || t('job.cancelLabel', { id: job.id });
+    const why = $('job-cancel-why');
+    why.hidden = btn.hidden || !blocked;
+    why.textContent = blocked || '';
+    if (blocked) btn.setAttribute('aria-describedby', 'job-cancel-why');
+    else btn.removeAttribute('aria-describedby');
+    const undo = $('job-undo');
+    undo.hidden = !(job.kind === 'restore' && job.state === 'succeeded' && job.pre_restore_snapshot_id);
+    undo.disabled = Boolean(writeBlocker()) || (w && active.byWorkload.has(w.id));
+    undo.title = writeBlocker() || t('job.undoHint');
+  }
+
+  /** "Undo this restore": restore the pre-restore snapshot, through the same dialog. */
+  async function undoRestore(ev) {
+    const job = jobView.job;
+    if (!job || !job.pre_restore_snapshot_id) return;
+    const trigger = ev.currentTarget;
+    hideError($('job-error'));
+    try {
+      await fetchWorkload(job.workload_id);
+      const w = workloads.byId.get(job.workload_id);
+      const { body: s } = await api('GET', `/api/snapshots/${enc(job.pre_restore_snapshot_id)}`);
+      openRestore(w, s, trigger, 'job-notice');
+    } catch (e) {
+      showError($('job-error'), e);
+    }
+  }
+
+  // ---------------------------------------------------------------- batch launcher
+
+  const launcher = { newest: new Map(), gen: 0, loading: 0 };
+
+  function launcherMatches() {
+    const project = $('batch-project').value.trim();
+    const stage = $('batch-stage').value.trim();
+    const name = $('batch-name').value.trim().toLowerCase();
+    return workloads.order.map((id) => workloads.byId.get(id)).filter((w) => w && w.source_kind === 'image'
+      && (!project || w.project === project) && (!stage || w.stage === stage)
+      && (!name || w.name.toLowerCase().includes(name)));
+  }
+
+  async function openLauncher() {
+    hideError($('batch-error'));
+    $('batch-confirm').value = '';
+    launcher.newest.clear();
+    renderLauncher();
+    await loadAllWorkloads();
+    launcherChanged();
+  }
+
+  /** Each matched workload's newest ready snapshot with its file present. */
+  async function launcherChanged() {
+    const gen = ++launcher.gen;
+    renderLauncher();
+    const todo = launcherMatches().filter((w) => !launcher.newest.has(w.id));
+    $('batch-loading').hidden = !todo.length;
+    let i = 0;
+    const worker = async () => {
+      while (i < todo.length && gen === launcher.gen) {
+        const w = todo[i++];
+        try {
+          const { body } = await api('GET', `/api/workloads/${enc(w.id)}/snapshots?limit=50`);
+          const missing = new Set((body.files_missing || []).map((m) => m.snapshot_id));
+          launcher.newest.set(w.id, body.items.find((s) => s.state === 'ready' && !missing.has(s.id)) || null);
+        } catch (e) {
+          if (quiet(e)) return;
+          launcher.newest.set(w.id, null);
+        }
+      }
+    };
+    await Promise.all([worker(), worker(), worker(), worker()]);
+    if (gen === launcher.gen) {
+      $('batch-loading').hidden = true;
+      renderLauncher();
+    }
+  }
+
+  function launcherItems() {
+    const out = [];
+    for (const tr of $('batch-items').tBodies[0].rows) {
+      const box = tr.querySelector('input[type=checkbox]');
+      const s = launcher.newest.get(tr.dataset.workloadId);
+      if (box && box.checked && s) out.push({ workload_id: tr.dataset.workloadId, snapshot_id: s.id });
+    }
+    return out;
+  }
+
+  function renderLauncher() {
+    const tbody = $('batch-items').tBodies[0];
+    const was = new Map([...tbody.rows].map((tr) => [tr.dataset.workloadId, tr.querySelector('input').checked]));
+    const matches = launcherMatches();
+    keepFocus(tbody, () => tbody.replaceChildren(...matches.map((w) => {
+      const s = launcher.newest.get(w.id);
+      const known = launcher.newest.has(w.id);
+      return h('tr', { 'data-workload-id': w.id },
+        td(null, null, h('input', {
+          type: 'checkbox', checked: s && was.get(w.id) !== false, disabled: !s,
+          'aria-label': t('batch.include', { name: fullName(w) }), 'data-fk': `pick:${w.id}`,
+          onchange: syncLauncher,
+        })),
+        td('col.workload', { class: 'name' }, workloadLabel(w)),
+        td('col.snapshot', null, s ? h('code', { title: s.id }, shortId(s.id)) : (known ? t('batch.noSnapshot') : '…')),
+        td('col.created', null, s ? timeEl(s.created_at) : ''));
+    })));
+    $('batch-none').hidden = matches.length > 0;
+    syncLauncher();
+  }
+
+  function syncLauncher() {
+    const n = launcherItems().length;
+    $('batch-count').textContent = t('batch.items', { n });
+    setContent($('batch-confirm-label'), ...tn('batch.type', { n: h('strong', null, fmtNum(n)) }));
+    $('batch-submit').disabled = Boolean(writeBlocker()) || n === 0 || $('batch-confirm').value.trim() !== String(n);
+    $('batch-submit').title = writeBlocker() || '';
+  }
+
+  function positiveOrNull(id) {
+    const v = $(id).value.trim();
+    if (!v) return null;
+    const n = Number(v);
+    return Number.isInteger(n) && n >= 1 ? n : NaN;
+  }
+
+  async function postBatch(items, options, errorBox) {
+    const body = { items };
+    if (options.max_parallel) body.max_parallel = options.max_parallel;
+    if (options.stop_after_failures) body.stop_after_failures = options.stop_after_failures;
+    const { body: answer } = await api('POST', '/api/restores', {
+      body, headers: { 'X-Confirm-Restore': String(items.length) },
+    });
+    try {
+      sessionStorage.setItem(BATCH_KEY + answer.batch_id, JSON.stringify(answer.items));
+    } catch (_) {
+      // the batch page then shows the refused items' count only
+    }
+    hideError(errorBox);
+    location.hash = `#/batches/${answer.batch_id}`;
+    notify('batch-notice', ...tn('batch.newMade', {
+      id: h('code', null, shortId(answer.batch_id)), accepted: fmtNum(answer.accepted), n: items.length,
+    }));
+  }
+
+  async function submitLauncher(ev) {
+    ev.preventDefault();
+    syncLauncher();
+    if ($('batch-submit').disabled) return;
+    const items = launcherItems();
+    const mp = positiveOrNull('batch-max-parallel');
+    const saf = positiveOrNull('batch-stop-after');
+    $('batch-submit').disabled = true;
+    try {
+      await postBatch(items, { max_parallel: mp, stop_after_failures: saf }, $('batch-error'));
+    } catch (e) {
+      showError($('batch-error'), e);
+      syncLauncher();
+    }
+  }
+
+  // ---------------------------------------------------------------- batch view
+
+  const batchView = { id: null, status: null, seq: 0, refused: null };
+
+  function openBatchView(id) {
+    if (batchView.id === id) return;
+    closeBatchView();
+    batchView.id = id;
+    $('batch-id').textContent = id;
+    $('batch-jobs').tBodies[0].replaceChildren();
+    $('batch-summary').replaceChildren();
+    $('batch-counts').replaceChildren();
+    $('batch-overall').replaceChildren();
+    $('batch-retry-form').hidden = true;
+    hideError($('batch-view-error'));
+    let stored = null;
+    try {
+      stored = JSON.parse(sessionStorage.getItem(BATCH_KEY + id) || 'null');
+    } catch (_) {
+      stored = null;
+    }
+    batchView.refused = Array.isArray(stored) ? stored.filter((i) => i.status !== 202) : null;
+    followBatch(id, ++batchView.seq);
+  }
+
+  function closeBatchView() {
+    batchView.seq++;
+    batchView.id = null;
+    batchView.status = null;
+  }
+
+  async function followBatch(id, seq) {
+    while (seq === batchView.seq && session.token) {
+      try {
+        const { body } = await api('GET', `/api/batches/${enc(id)}`);
+        if (seq !== batchView.seq) return;
+        batchView.status = body;
+        for (const j of body.jobs) if (!workloads.byId.has(j.workload_id)) fetchWorkload(j.workload_id);
+        renderBatch();
+        setLive(true);
+        if (body.done) return;
+      } catch (e) {
+        if (quiet(e) || seq !== batchView.seq) return;
+        showError($('batch-view-error'), e);
+        if (e instanceof ApiError && e.status === 404) return;
+      }
+      await sleep(POLL_MS);
+    }
+  }
+
+  function renderBatch() {
+    const st = batchView.status;
+    if (!st) return;
+    const b = st.batch;
+    const c = st.counts;
+    const total = st.jobs.length;
+    const finished = c.succeeded + c.failed + c.cancelled;
+    setContent($('batch-summary'), h('span', { class: `state-badge ${st.done ? 's-succeeded' : 's-running'}` },
+      st.done ? t('batch.done') : t('batch.running')), ' ', timeEl(b.created_at), ' · ',
+    h('span', { translate: 'no' }, b.requested_by || ''), ' · ',
+    t('batch.options', {
+      mp: b.max_parallel ? fmtNum(b.max_parallel) : t('batch.unlimited'),
+      saf: b.stop_after_failures ? fmtNum(b.stop_after_failures) : t('batch.never'),
+    }));
+    setContent($('batch-overall'), h('progress', { max: Math.max(total, 1), value: finished, 'aria-label': t('batch.overall', { done: finished, total }) }),
+      ' ', h('span', { id: 'batch-overall-text' }, t('batch.overall', { done: fmtNum(finished), total: fmtNum(total) })));
+    const chips = JOB_STATES.map((s) => h('span', { class: `count s-${s}`, 'data-state': s }, `${stateWord(s)}: ${fmtNum(c[s])}`));
+    if (st.rejected) chips.push(h('span', { class: 'count s-failed', 'data-state': 'refused' }, t('batch.refused', { n: st.rejected })));
+    setContent($('batch-counts'), ...chips);
+    const refused = batchView.refused || [];
+    const note = $('batch-refused-note');
+    note.hidden = !st.rejected;
+    note.textContent = st.rejected ? t('batch.refusedDetail', { why: refused.length ? t('batch.refusedHere') : '' }) : '';
+    const tbody = $('batch-jobs').tBodies[0];
+    keepFocus(tbody, () => tbody.replaceChildren(
+      ...st.jobs.map((j) => h('tr', { 'data-job-id': j.id, 'data-state': j.state },
+        td('col.workload', { class: 'workload' }, workloadCell(j.workload_id)),
+        td('col.job', null, jobLink(j.id, shortId(j.id))),
+        td('col.outcome', { class: 'state' }, stateBadge(j)),
+        td('col.phase', null, phaseText(j)),
+        td('col.error', { class: 'err' }, errorCell(j)))),
+      ...refused.map((i) => h('tr', { class: 'refused', 'data-state': 'refused', 'data-workload-id': i.workload_id },
+        td('col.workload', { class: 'workload' }, workloadCell(i.workload_id)),
+        td('col.job', null, i.job_id ? jobLink(i.job_id, shortId(i.job_id)) : t('none')),
+        td('col.outcome', { class: 'state' }, h('span', { class: 'state-badge s-failed' }, t('batch.refusedItem'))),
+        td('col.phase', null, t('none')),
+        td('col.error', { class: 'err' }, i.error ? [h('code', null, `${i.status} ${i.error.code}`), ' ',
+          explain(i.error.code) || '', ' — ', i.error.message || ''] : '')))));
+    const rest = cancellableOf(st);
+    const cancelBtn = $('batch-cancel-rest');
+    cancelBtn.disabled = Boolean(writeBlocker()) || rest.length === 0;
+    cancelBtn.title = writeBlocker() || '';
+    const failed = st.jobs.filter((j) => j.state === 'failed' && j.snapshot_id);
+    const retry = $('batch-retry');
+    retry.disabled = Boolean(writeBlocker()) || failed.length === 0;
+    retry.title = writeBlocker() || '';
+    setContent($('batch-retry-label'), ...tn('batch.retryType', { n: h('strong', null, fmtNum(failed.length)) }));
+    syncRetry();
+  }
+
+  const cancellableOf = (st) => st.jobs.filter((j) => j.state === 'queued'
+    || (j.state === 'running' && !j.past_point_of_no_return && !j.cancel_requested));
+
+  async function cancelRest(ev) {
+    const st = batchView.status;
+    if (!st) return;
+    const btn = ev.currentTarget;
+    btn.disabled = true;
+    hideError($('batch-view-error'));
+    let n = 0;
+    for (const j of cancellableOf(st)) {
+      try {
+        await api('POST', `/api/jobs/${enc(j.id)}/cancel`);
+        n++;
+      } catch (e) {
+        if (quiet(e)) return;
+        // too_late / already_final: it finished meanwhile; the next read shows it
+        if (!(e instanceof ApiError && e.status === 409)) showError($('batch-view-error'), e);
+      }
+    }
+    notify('batch-notice', t('batch.cancelledRest', { n }));
+    const id = batchView.id;
+    batchView.seq++;
+    followBatch(id, batchView.seq);
+  }
+
+  function syncRetry() {
+    const st = batchView.status;
+    const n = st ? st.jobs.filter((j) => j.state === 'failed' && j.snapshot_id).length : 0;
+    $('batch-retry-submit').disabled = Boolean(writeBlocker()) || n === 0 || $('batch-retry-confirm').value.trim() !== String(n);
+  }
+
+  async function submitRetry(ev) {
+    ev.preventDefault();
+    syncRetry();
+    if ($('batch-retry-submit').disabled) return;
+    const st = batchView.status;
+    const items = st.jobs.filter((j) => j.state === 'failed' && j.snapshot_id)
+      .map((j) => ({ workload_id: j.workload_id, snapshot_id: j.snapshot_id }));
+    $('batch-retry-submit').disabled = true;
+    try {
+      await postBatch(items, {
+        max_parallel: st.batch.max_parallel, stop_after_failures: st.batch.stop_after_failures,
+      }, $('batch-view-error'));
+    } catch (e) {
+      showError($('batch-view-error'), e);
+      syncRetry();
+    }
   }
 
   // ---------------------------------------------------------------- wiring
 
   function boot() {
+    applyStatic();
+    $('lang').addEventListener('change', (ev) => setLang(ev.currentTarget.value));
     $('login-form').addEventListener('submit', async (ev) => {
       ev.preventDefault();
       const token = $('token').value.trim();
       if (!token) return;
       const btn = $('signin');
       btn.disabled = true;
-      btn.textContent = 'Signing in…';
+      btn.textContent = t('signin.busy');
       try {
         await signIn(token);
       } finally {
         btn.disabled = false;
-        btn.textContent = 'Sign in';
+        btn.textContent = t('signin.button');
       }
     });
-    $('signout').addEventListener('click', () => endSession('Signed out.', false));
+    $('signout').addEventListener('click', () => endSession(t('signedout'), false));
     $('workloads-refresh').addEventListener('click', () => loadWorkloads(false));
     $('workloads-more').addEventListener('click', () => loadWorkloads(true));
     $('snapshots-refresh').addEventListener('click', () => loadSnapshots(false));
     $('snapshots-more').addEventListener('click', () => loadSnapshots(true));
     $('jobs-more').addEventListener('click', loadMoreJobs);
-    $('jobs-filter').addEventListener('submit', (ev) => ev.preventDefault());
-    $('filter-state').addEventListener('change', filterChanged);
-    $('filter-kind').addEventListener('change', filterChanged);
-    $('filter-workload-clear').addEventListener('click', () => {
-      jobsList.workload = null;
-      filterChanged();
+    $('jobs-filter').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      filterControlsChanged();
+    });
+    $('filter-state').addEventListener('change', () => filterControlsChanged());
+    $('filter-kind').addEventListener('change', () => filterControlsChanged());
+    let typing = null;
+    for (const id of ['filter-project', 'filter-stage', 'filter-node', 'filter-text']) {
+      $(id).addEventListener('input', () => {
+        clearTimeout(typing);
+        typing = setTimeout(() => filterControlsChanged(), 400);
+      });
+      $(id).addEventListener('change', () => filterControlsChanged());
+    }
+    $('filter-workload-clear').addEventListener('click', () => filterControlsChanged({ workload: '' }));
+    $('filter-batch-clear').addEventListener('click', () => filterControlsChanged({ batch: '' }));
+    $('filter-clear').addEventListener('click', () => {
+      location.hash = '#/';
     });
     $('job-cancel').addEventListener('click', (ev) => {
       if (jobView.id) cancelJob(jobView.id, ev.currentTarget, $('job-error'));
     });
+    $('job-undo').addEventListener('click', undoRestore);
     $('restore-form').addEventListener('submit', submitRestore);
     $('restore-confirm').addEventListener('input', syncRestoreButton);
     $('restore-cancel').addEventListener('click', () => $('restore-dialog').close());
     $('restore-dialog').addEventListener('close', () => {
-      const t = restore.trigger;
+      const tr = restore.trigger;
       restore.trigger = null;
-      if (t && t.isConnected) t.focus();
+      if (tr && tr.isConnected) tr.focus();
     });
+    $('delete-form').addEventListener('submit', submitDelete);
+    $('delete-cancel').addEventListener('click', () => $('delete-dialog').close());
+    $('delete-dialog').addEventListener('close', () => {
+      const tr = del.trigger;
+      del.trigger = null;
+      if (tr && tr.isConnected) tr.focus();
+    });
+    for (const id of ['batch-project', 'batch-stage', 'batch-name']) $(id).addEventListener('input', launcherChanged);
+    $('batch-confirm').addEventListener('input', syncLauncher);
+    $('batch-form').addEventListener('submit', submitLauncher);
+    $('batch-cancel-rest').addEventListener('click', cancelRest);
+    $('batch-retry').addEventListener('click', () => {
+      $('batch-retry-form').hidden = false;
+      $('batch-retry-confirm').value = '';
+      syncRetry();
+      $('batch-retry-confirm').focus();
+    });
+    $('batch-retry-confirm').addEventListener('input', syncRetry);
+    $('batch-retry-form').addEventListener('submit', submitRetry);
     window.addEventListener('hashchange', route);
     document.addEventListener('visibilitychange', () => {
       if (!document.hidden) jobsNow();

@@ -1,20 +1,25 @@
-//! volsnap-archive against GNU tar + gzip on a ~1 GiB mixed tree, in one run.
+//! volsnap-archive against GNU tar + pigz / gzip on a 10 MiB and a ~1 GiB mixed tree,
+//! side by side in one run.
 //!
 //! ```text
 //! cargo bench -p volsnap-archive --bench archive_bench
 //! ```
 //!
 //! Environment: `VOLSNAP_BENCH_DIR` (default `<workspace>/.volsnap/bench`, git-ignored),
-//! `VOLSNAP_BENCH_ROUNDS` (default 3), `VOLSNAP_BENCH_SCALE` (default 1.0: the tree's
-//! size relative to ~1 GiB), `VOLSNAP_BENCH_KEEP=1` keeps the directory afterwards.
+//! `VOLSNAP_BENCH_ROUNDS` (default 3; trees under 100 MiB get at least 9),
+//! `VOLSNAP_BENCH_SCALES` (default `0.01,1`: tree sizes relative to ~1 GiB),
+//! `VOLSNAP_BENCH_KEEP=1` keeps the directory afterwards.
 //!
-//! Capture: ours (`write_archive_file`: writes, fsyncs, renames) against
-//! `tar --use-compress-program='gzip -6' -cf X -C src . && sync X`, and both without
-//! durability. Extraction of the same archive (ours): ours with `fsync` (one `syncfs`)
-//! against `tar -xzf X -C dir && sync -f dir` (also `syncfs`), and both without. The
-//! source tree is read once first so every run starts from a warm page cache, and the
-//! filesystem is synced (untimed) before each run. Rounds alternate which side goes
-//! first; the median of each is reported.
+//! Capture: ours (`write_archive` to a file, default options: level 6, one compressor
+//! thread per CPU) against `tar -cf - -C src . | pigz -6 -p 2 > X` and against
+//! `tar -cf - -C src . | gzip -6 > X`; and durable: ours `write_archive_file` (write,
+//! fsync, rename, fsync dir) against the pigz pipeline `&& sync X`. Output sizes of all
+//! three. Extraction of our archive: ours (`extract_file`) against `tar -xzf X -C dir`,
+//! without and with durability (ours: one `syncfs`; tar: `&& sync -f dir`, also
+//! `syncfs`). The source tree is read once first so every run starts from a warm page
+//! cache, and the filesystem is synced (untimed) before each run. Rounds rotate which
+//! side goes first; medians are reported, with every run's time listed. Peak RSS of this
+//! process (`VmHWM`, reset before each of our runs) shows the memory bound.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -194,17 +199,88 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.volsnap/bench"));
     let rounds = env_f64("VOLSNAP_BENCH_ROUNDS", 3.0) as usize;
-    let scale = env_f64("VOLSNAP_BENCH_SCALE", 1.0);
+    let scales: Vec<f64> = std::env::var("VOLSNAP_BENCH_SCALES")
+        .unwrap_or_else(|_| "0.01,1".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("VOLSNAP_BENCH_SCALES: numbers"))
+        .collect();
     fs::create_dir_all(&base).unwrap();
     let base = fs::canonicalize(&base).unwrap();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "volsnap-archive bench: {rounds} rounds (at least 9 below 100 MiB), medians; {threads} CPUs; ours uses {threads} compressor threads"
+    );
+    for scale in scales {
+        // Small trees take well under a second a run, where a busy machine's noise is
+        // as large as the effect: give them more rounds.
+        let r = if scale < 0.1 { rounds.max(9) } else { rounds };
+        run(&base, scale, r);
+    }
+    let loadavg = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average at the end: {}", loadavg.trim());
+    if std::env::var("VOLSNAP_BENCH_KEEP").as_deref() != Ok("1") {
+        rm(&base);
+    }
+}
+
+/// Resets this process's peak RSS (Linux: `5` into `/proc/self/clear_refs`).
+fn reset_peak_rss() {
+    let _ = fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak RSS of this process since the last reset, in MiB (`VmHWM`).
+fn peak_rss_mib() -> f64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+#[derive(Default)]
+struct Samples {
+    wall: BTreeMap<&'static str, Vec<Duration>>,
+    cpu: BTreeMap<&'static str, Vec<f64>>,
+    rss: BTreeMap<&'static str, f64>,
+}
+
+impl Samples {
+    fn add(&mut self, k: &'static str, wall: Duration, cpu: f64) {
+        self.wall.entry(k).or_default().push(wall);
+        self.cpu.entry(k).or_default().push(cpu);
+    }
+    fn rss(&mut self, k: &'static str) {
+        let v = peak_rss_mib();
+        let e = self.rss.entry(k).or_insert(0.0);
+        *e = e.max(v);
+    }
+    fn wall(&self, k: &str) -> f64 {
+        median(self.wall[k].clone()).as_secs_f64()
+    }
+    fn cpu(&self, k: &str) -> f64 {
+        let mut v = self.cpu[k].clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+}
+
+/// Times a shell pipeline, CPU included (its children are waited for).
+fn timed_sh(s: &mut Samples, k: &'static str, cmd: &str) {
+    let c0 = cpu();
+    let d = sh(cmd);
+    s.add(k, d, cpu() - c0);
+}
+
+fn run(base: &Path, scale: f64, rounds: usize) {
     let src = base.join("src");
     rm(&src);
     fs::create_dir_all(&src).unwrap();
     let t = Instant::now();
     let (files, bytes) = generate(&src, scale);
+    let mib = bytes as f64 / 1048576.0;
     eprintln!(
-        "generated {files} files, {:.1} MiB in {:.1?}",
-        bytes as f64 / 1048576.0,
+        "generated {files} files, {mib:.1} MiB in {:.1?}",
         t.elapsed()
     );
     warm(&src);
@@ -215,208 +291,184 @@ fn main() {
         scope: "stage".into(),
         source: "bench".into(),
         path: src.clone(),
+        root: None,
     }];
     let ours_gz = base.join("ours.tar.gz");
-    let tar_gz = base.join("tar.tar.gz");
-    let mut r: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
-    let mut c: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    let mut sizes = (0u64, 0u64);
+    let pigz_gz = base.join("pigz.tar.gz");
+    let gzip_gz = base.join("gzip.tar.gz");
+    let mut s = Samples::default();
+    let mut sizes = (0u64, 0u64, 0u64);
+    let srcs = src.display();
     for round in 0..rounds {
-        eprintln!("round {} of {rounds}", round + 1);
-        let ours_first = round % 2 == 0;
-        for side in [ours_first, !ours_first] {
-            syncfs(&base);
-            if side {
-                // Capture, durable.
-                rm(&ours_gz);
-                let (t, c0) = (Instant::now(), cpu());
-                let s = write_archive_file(
-                    &ours_gz,
-                    "bench",
-                    &vol,
-                    &WriteOptions::default(),
-                    &mut |_, _| {},
-                )
-                .unwrap();
-                r.entry("capture ours (fsync)")
-                    .or_default()
-                    .push(t.elapsed());
-                c.entry("capture ours (fsync)")
-                    .or_default()
-                    .push(cpu() - c0);
-                sizes.0 = s.size;
-                syncfs(&base);
-                // Capture, no fsync.
-                let scratch = base.join("ours-nosync.tar.gz");
-                rm(&scratch);
-                let (t, c0) = (Instant::now(), cpu());
-                let f = fs::File::create(&scratch).unwrap();
-                write_archive(f, "bench", &vol, &WriteOptions::default(), &mut |_, _| {}).unwrap();
-                r.entry("capture ours (no fsync)")
-                    .or_default()
-                    .push(t.elapsed());
-                c.entry("capture ours (no fsync)")
-                    .or_default()
-                    .push(cpu() - c0);
-                rm(&scratch);
-            } else {
-                rm(&tar_gz);
-                let c0 = cpu();
-                let d = sh(&format!(
-                    "tar --use-compress-program='gzip -6' -cf {t} -C {s} . && sync {t}",
-                    t = tar_gz.display(),
-                    s = src.display()
-                ));
-                r.entry("capture tar (sync)").or_default().push(d);
-                c.entry("capture tar (sync)").or_default().push(cpu() - c0);
-                sizes.1 = fs::metadata(&tar_gz).unwrap().len();
-                syncfs(&base);
-                let scratch = base.join("tar-nosync.tar.gz");
-                let c0 = cpu();
-                let d = sh(&format!(
-                    "tar --use-compress-program='gzip -6' -cf {t} -C {s} .",
-                    t = scratch.display(),
-                    s = src.display()
-                ));
-                r.entry("capture tar (no sync)").or_default().push(d);
-                c.entry("capture tar (no sync)")
-                    .or_default()
-                    .push(cpu() - c0);
-                rm(&scratch);
+        eprintln!("{mib:.0} MiB: round {} of {rounds}", round + 1);
+        // Capture. Rotate which side goes first.
+        for k in 0..3 {
+            syncfs(base);
+            match (round + k) % 3 {
+                0 => {
+                    // Ours without durability (the comparable of a pipeline into a file)
+                    // and durable (`write_archive_file`: write, fsync, rename, fsync dir).
+                    let scratch = base.join("ours-nosync.tar.gz");
+                    rm(&scratch);
+                    reset_peak_rss();
+                    let (t, c0) = (Instant::now(), cpu());
+                    let f = fs::File::create(&scratch).unwrap();
+                    write_archive(f, "bench", &vol, &WriteOptions::default(), &mut |_, _| {})
+                        .unwrap();
+                    s.add("capture ours", t.elapsed(), cpu() - c0);
+                    s.rss("capture ours");
+                    rm(&scratch);
+                    syncfs(base);
+                    rm(&ours_gz);
+                    let (t, c0) = (Instant::now(), cpu());
+                    let w = write_archive_file(
+                        &ours_gz,
+                        "bench",
+                        &vol,
+                        &WriteOptions::default(),
+                        &mut |_, _| {},
+                    )
+                    .unwrap();
+                    s.add("capture ours durable", t.elapsed(), cpu() - c0);
+                    sizes.0 = w.size;
+                }
+                1 => {
+                    rm(&pigz_gz);
+                    timed_sh(
+                        &mut s,
+                        "capture pigz",
+                        &format!(
+                            "tar -cf - -C {srcs} . | pigz -6 -p 2 > {}",
+                            pigz_gz.display()
+                        ),
+                    );
+                    sizes.1 = fs::metadata(&pigz_gz).unwrap().len();
+                    rm(&pigz_gz);
+                    syncfs(base);
+                    timed_sh(
+                        &mut s,
+                        "capture pigz durable",
+                        &format!(
+                            "tar -cf - -C {srcs} . | pigz -6 -p 2 > {p} && sync {p}",
+                            p = pigz_gz.display()
+                        ),
+                    );
+                    rm(&pigz_gz);
+                }
+                _ => {
+                    rm(&gzip_gz);
+                    timed_sh(
+                        &mut s,
+                        "capture gzip",
+                        &format!("tar -cf - -C {srcs} . | gzip -6 > {}", gzip_gz.display()),
+                    );
+                    sizes.2 = fs::metadata(&gzip_gz).unwrap().len();
+                    rm(&gzip_gz);
+                }
             }
         }
-        for side in [ours_first, !ours_first] {
+        // Extraction of the same archive (ours; GNU tar reads it).
+        for side in [round % 2 == 0, round % 2 != 0] {
             for durable in [true, false] {
                 let out = base.join("x");
                 rm(&out);
-                syncfs(&base);
+                syncfs(base);
                 if side {
                     let opts = ExtractOptions {
                         fsync: durable,
                         ..ExtractOptions::default()
                     };
                     let map = BTreeMap::from([(0u32, out.clone())]);
+                    reset_peak_rss();
                     let (t, c0) = (Instant::now(), cpu());
                     extract_file(&ours_gz, &map, &opts, &mut |_, _| {}).unwrap();
-                    let key = if durable {
-                        "extract ours (syncfs)"
+                    let k = if durable {
+                        "extract ours durable"
                     } else {
-                        "extract ours (no fsync)"
+                        "extract ours"
                     };
-                    r.entry(key).or_default().push(t.elapsed());
-                    c.entry(key).or_default().push(cpu() - c0);
+                    s.add(k, t.elapsed(), cpu() - c0);
+                    s.rss("extract ours");
                 } else {
                     fs::create_dir(&out).unwrap();
-                    let c0 = cpu();
-                    let sync = if durable {
-                        format!(" && sync -f {}", out.display())
+                    let (k, sync) = if durable {
+                        (
+                            "extract tar durable",
+                            format!(" && sync -f {}", out.display()),
+                        )
                     } else {
-                        String::new()
+                        ("extract tar", String::new())
                     };
-                    let d = sh(&format!(
-                        "tar -xzf {} -C {}{sync}",
-                        ours_gz.display(),
-                        out.display()
-                    ));
-                    let key = if durable {
-                        "extract tar (sync -f)"
-                    } else {
-                        "extract tar (no sync)"
-                    };
-                    r.entry(key).or_default().push(d);
-                    c.entry(key).or_default().push(cpu() - c0);
+                    timed_sh(
+                        &mut s,
+                        k,
+                        &format!("tar -xzf {} -C {}{sync}", ours_gz.display(), out.display()),
+                    );
                 }
                 rm(&out);
             }
         }
     }
-    let m = |k: &str| median(r[k].clone());
+    rm(&ours_gz);
+    rm(&src);
+
+    let mb = |n: u64| n as f64 / 1048576.0;
     println!();
     println!(
-        "tree: {files} files, {:.1} MiB; archive: ours {:.1} MiB, tar+gzip -6 {:.1} MiB; {rounds} rounds, medians",
-        bytes as f64 / 1048576.0,
-        sizes.0 as f64 / 1048576.0,
-        sizes.1 as f64 / 1048576.0
+        "### {mib:.1} MiB, {files} files, {rounds} rounds; archive: ours {:.2} MiB, pigz -6 {:.2} MiB ({:+.2} %), gzip -6 {:.2} MiB ({:+.2} %)",
+        mb(sizes.0),
+        mb(sizes.1),
+        (sizes.0 as f64 / sizes.1 as f64 - 1.0) * 100.0,
+        mb(sizes.2),
+        (sizes.0 as f64 / sizes.2 as f64 - 1.0) * 100.0,
     );
-    println!("| operation | ours | GNU tar + gzip | ratio ours/tar |");
-    println!("|---|---|---|---|");
-    for (label, ours, tar) in [
+    println!();
+    println!("| operation | ours | reference | ratio ours/reference | CPU s ours / reference |");
+    println!("|---|---|---|---|---|");
+    for (label, ours, reference) in [
         (
-            "capture, durable",
-            "capture ours (fsync)",
-            "capture tar (sync)",
+            "capture vs `tar -cf - . | pigz -6 -p 2 > X`",
+            "capture ours",
+            "capture pigz",
         ),
         (
-            "capture, no sync",
-            "capture ours (no fsync)",
-            "capture tar (no sync)",
+            "capture vs `tar -cf - . | gzip -6 > X`",
+            "capture ours",
+            "capture gzip",
         ),
         (
-            "extract, durable",
-            "extract ours (syncfs)",
-            "extract tar (sync -f)",
+            "capture, durable (+ fsync) vs pigz + `sync X`",
+            "capture ours durable",
+            "capture pigz durable",
         ),
+        ("extract vs `tar -xzf`", "extract ours", "extract tar"),
         (
-            "extract, no sync",
-            "extract ours (no fsync)",
-            "extract tar (no sync)",
+            "extract, durable (syncfs) vs `tar -xzf` + `sync -f`",
+            "extract ours durable",
+            "extract tar durable",
         ),
     ] {
-        let (o, t) = (m(ours), m(tar));
+        let (o, r) = (s.wall(ours), s.wall(reference));
         println!(
-            "| {label} | {:.2} s ({:.0} MiB/s) | {:.2} s ({:.0} MiB/s) | {:.2} |",
-            o.as_secs_f64(),
-            bytes as f64 / 1048576.0 / o.as_secs_f64(),
-            t.as_secs_f64(),
-            bytes as f64 / 1048576.0 / t.as_secs_f64(),
-            o.as_secs_f64() / t.as_secs_f64()
+            "| {label} | {o:.2} s ({:.0} MiB/s) | {r:.2} s ({:.0} MiB/s) | **{:.2}** | {:.2} / {:.2} |",
+            mib / o,
+            mib / r,
+            o / r,
+            s.cpu(ours),
+            s.cpu(reference),
         );
     }
     println!();
-    println!("CPU seconds (user+sys, all threads/processes), medians:");
-    println!("| operation | ours | GNU tar + gzip | ratio ours/tar |");
-    println!("|---|---|---|---|");
-    let mc = |k: &str| {
-        let mut v = c[k].clone();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    for (label, ours, tar) in [
-        (
-            "capture, durable",
-            "capture ours (fsync)",
-            "capture tar (sync)",
-        ),
-        (
-            "extract, durable",
-            "extract ours (syncfs)",
-            "extract tar (sync -f)",
-        ),
-        (
-            "extract, no sync",
-            "extract ours (no fsync)",
-            "extract tar (no sync)",
-        ),
-    ] {
-        println!(
-            "| {label} | {:.2} s | {:.2} s | {:.2} |",
-            mc(ours),
-            mc(tar),
-            mc(ours) / mc(tar)
-        );
-    }
-    println!();
-    let loadavg = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("load average at the end: {}", loadavg.trim());
-    for (k, v) in &r {
+    println!(
+        "peak RSS of the bench process: capture {:.1} MiB, extraction {:.1} MiB",
+        s.rss["capture ours"], s.rss["extract ours"]
+    );
+    for (k, v) in &s.wall {
         println!(
             "{k}: {:?}",
             v.iter()
                 .map(|d| format!("{:.2}", d.as_secs_f64()))
                 .collect::<Vec<_>>()
         );
-    }
-    if std::env::var("VOLSNAP_BENCH_KEEP").as_deref() != Ok("1") {
-        rm(&base);
     }
 }

@@ -158,10 +158,6 @@ pub enum ArchiveError {
         actual: u64,
     },
 
-    /// A root-level `.volsnap-marker` entry in a volume (reserved for the restore engine).
-    #[error("entry {name:?} uses the reserved name .volsnap-marker")]
-    ReservedName { name: String },
-
     /// The caller gave no staging directory for a manifest volume (nothing was created).
     #[error("no staging directory was given for manifest volume {index}")]
     VolumeUnmapped { index: u32 },
@@ -232,7 +228,6 @@ pub const RULES: &[&str] = &[
     "manifest_too_large",
     "manifest_invalid",
     "manifest_mismatch",
-    "reserved_name",
     "volume_unmapped",
     "staging_invalid",
     "source_invalid",
@@ -273,7 +268,6 @@ impl ArchiveError {
             ManifestTooLarge { .. } => "manifest_too_large",
             ManifestInvalid { .. } => "manifest_invalid",
             ManifestMismatch { .. } => "manifest_mismatch",
-            ReservedName { .. } => "reserved_name",
             VolumeUnmapped { .. } => "volume_unmapped",
             StagingInvalid { .. } => "staging_invalid",
             SourceInvalid { .. } => "source_invalid",

@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ArchiveError, show};
-use crate::fsops::{FsSink, NullSink, Sink};
+use crate::fsops::{FsSink, NullSink, Sink, StagingAt};
 use crate::gz::{Inflater, InlineSource, spawn_inflater};
 use crate::limits::{ExtractOptions, Limits, MANIFEST_MAX_BYTES};
 use crate::manifest::{MANIFEST_NAME, Manifest};
-use crate::names::{check_entry_name, check_symlink_target, is_reserved, parse_index};
+use crate::names::{check_entry_name, check_symlink_target, parse_index};
 use crate::tarfmt::{ChunkSource, Entry, EntryType, TarStream};
 use crate::tree::{InsertError, Kind, NodeId, ParentError, Tree};
 
@@ -113,11 +113,24 @@ pub fn extract<R: Read + Send>(
     opts: &ExtractOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ExtractSummary, ArchiveError> {
+    extract_with(archive, opts, progress, |m| {
+        FsSink::create(staging, m, opts.preserve_owner, opts.fsync)
+    })
+}
+
+/// The one extraction loop behind [`extract`] and [`extract_at`]; `sink` makes the
+/// staging directories once the manifest is known.
+fn extract_with<R: Read + Send>(
+    archive: R,
+    opts: &ExtractOptions,
+    progress: &mut dyn FnMut(u64, u64),
+    sink: impl FnOnce(&Manifest) -> Result<FsSink, ArchiveError>,
+) -> Result<ExtractSummary, ArchiveError> {
     std::thread::scope(|scope| {
         let mut stream = TarStream::new(spawn_inflater(scope, archive, &opts.limits));
         let manifest = read_manifest_entry(&mut stream, &opts.limits)?;
         check_declared(&manifest, &opts.limits)?;
-        let mut sink = FsSink::create(staging, &manifest, opts.preserve_owner, opts.fsync)?;
+        let mut sink = sink(&manifest)?;
         let stats = Walker::new(&manifest, &opts.limits, &mut sink, progress).run(&mut stream)?;
         sink.commit();
         let compressed_bytes = stream_compressed(&stream);
@@ -137,6 +150,21 @@ pub fn extract<R: Read + Send>(
 
 fn stream_compressed(stream: &TarStream<crate::gz::ThreadedSource>) -> u64 {
     stream.source().compressed_bytes()
+}
+
+/// [`extract`] into staging directories named relative to directory fds the caller
+/// holds (see [`StagingAt`]): the caller resolved and pinned each parent itself, so no
+/// path string is followed here at all.
+#[tracing::instrument(skip_all, fields(volumes = staging.len()))]
+pub fn extract_at<R: Read + Send>(
+    archive: R,
+    staging: &BTreeMap<u32, StagingAt<'_>>,
+    opts: &ExtractOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ExtractSummary, ArchiveError> {
+    extract_with(archive, opts, progress, |m| {
+        FsSink::create_at(staging, m, opts.preserve_owner, opts.fsync)
+    })
 }
 
 /// [`extract`] from a file.
@@ -405,9 +433,6 @@ impl<'a, K: Sink> Walker<'a, K> {
         let root = self.volumes[&index]
             .root
             .ok_or_else(|| ArchiveError::MissingParent { name: name() })?;
-        if parents.is_empty() && is_reserved(leaf) {
-            return Err(ArchiveError::ReservedName { name: name() });
-        }
         let parent = self.tree.find_dir(root, parents).map_err(|err| match err {
             ParentError::Missing => ArchiveError::MissingParent { name: name() },
             ParentError::Symlink => ArchiveError::SymlinkEscape {

@@ -22,7 +22,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, Dir, Gid, Mode, OFlags, Timespec, Timestamps, UTIME_OMIT, Uid};
+use rustix::fs::{
+    AtFlags, Dir, FileType, Gid, Mode, OFlags, Timespec, Timestamps, UTIME_OMIT, Uid,
+};
 use rustix::io::Errno;
 
 use crate::error::{ArchiveError, errno, show};
@@ -109,6 +111,41 @@ pub(crate) struct FsSink {
     committed: bool,
 }
 
+/// A staging directory to create as `name` inside the directory `parent` (an fd the
+/// caller holds); `label` only names it in errors and logs.
+#[derive(Debug)]
+pub struct StagingAt<'a> {
+    pub parent: BorrowedFd<'a>,
+    pub name: &'a OsStr,
+    pub label: PathBuf,
+}
+
+/// Every manifest volume needs a staging directory, and no other index may have one.
+fn check_indexes(
+    given: impl Iterator<Item = u32>,
+    manifest: &Manifest,
+    label: impl Fn(u32) -> PathBuf,
+) -> Result<(), ArchiveError> {
+    let indexes: HashSet<u32> = manifest.volumes.iter().map(|v| v.index).collect();
+    let given: HashSet<u32> = given.collect();
+    let mut wanted: Vec<u32> = indexes.iter().copied().collect();
+    wanted.sort_unstable();
+    for index in wanted {
+        if !given.contains(&index) {
+            return Err(ArchiveError::VolumeUnmapped { index });
+        }
+    }
+    let mut extra: Vec<u32> = given.difference(&indexes).copied().collect();
+    extra.sort_unstable();
+    if let Some(index) = extra.first() {
+        return Err(staging_invalid(
+            &label(*index),
+            format!("given for volume {index}, which the manifest does not list"),
+        ));
+    }
+    Ok(())
+}
+
 fn staging_invalid(path: &Path, reason: impl Into<String>) -> ArchiveError {
     ArchiveError::StagingInvalid {
         path: path.to_path_buf(),
@@ -125,23 +162,12 @@ impl FsSink {
         preserve_owner: bool,
         fsync: bool,
     ) -> Result<FsSink, ArchiveError> {
-        let indexes: HashSet<u32> = manifest.volumes.iter().map(|v| v.index).collect();
-        let mut wanted: Vec<u32> = indexes.iter().copied().collect();
-        wanted.sort_unstable();
-        for index in &wanted {
-            if !staging.contains_key(index) {
-                return Err(ArchiveError::VolumeUnmapped { index: *index });
-            }
-        }
+        check_indexes(staging.keys().copied(), manifest, |i| {
+            staging.get(&i).cloned().unwrap_or_default()
+        })?;
         let mut seen: HashSet<PathBuf> = HashSet::new();
         let mut plans = Vec::new();
         for (index, path) in staging {
-            if !indexes.contains(index) {
-                return Err(staging_invalid(
-                    path,
-                    format!("given for volume {index}, which the manifest does not list"),
-                ));
-            }
             let name = match path.file_name() {
                 Some(n) if Path::new(n) != Path::new(".") => n.to_os_string(),
                 _ => return Err(staging_invalid(path, "no final name component")),
@@ -172,8 +198,61 @@ impl FsSink {
                 ));
             }
             seen.insert(full);
-            plans.push((*index, path.clone(), parent, name));
+            let pfd = rustix::fs::open(
+                &parent,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| errno(format!("opening {parent:?}"), e))?;
+            plans.push((*index, path.clone(), pfd, name));
         }
+        Self::make(plans, preserve_owner, fsync)
+    }
+
+    /// [`FsSink::create`] for staging directories named relative to directory fds the
+    /// caller holds: no path string is resolved at all.
+    pub(crate) fn create_at(
+        staging: &BTreeMap<u32, StagingAt<'_>>,
+        manifest: &Manifest,
+        preserve_owner: bool,
+        fsync: bool,
+    ) -> Result<FsSink, ArchiveError> {
+        check_indexes(staging.keys().copied(), manifest, |i| {
+            staging.get(&i).map(|s| s.label.clone()).unwrap_or_default()
+        })?;
+        let mut seen: HashSet<(u64, u64, OsString)> = HashSet::new();
+        let mut plans = Vec::new();
+        for (index, s) in staging {
+            let plain = !s.name.is_empty()
+                && s.name != OsStr::new(".")
+                && s.name != OsStr::new("..")
+                && !s.name.as_bytes().contains(&b'/');
+            if !plain {
+                return Err(staging_invalid(&s.label, "not a single name component"));
+            }
+            let st = rustix::fs::fstat(s.parent)
+                .map_err(|e| errno(format!("inspecting the parent of {:?}", s.label), e))?;
+            if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                return Err(staging_invalid(&s.label, "its parent is not a directory"));
+            }
+            if !seen.insert((st.st_dev, st.st_ino, s.name.to_os_string())) {
+                return Err(staging_invalid(
+                    &s.label,
+                    "two volumes share staging directories",
+                ));
+            }
+            let pfd = rustix::io::fcntl_dupfd_cloexec(s.parent, 0)
+                .map_err(|e| errno("duplicating a directory fd", e))?;
+            plans.push((*index, s.label.clone(), pfd, s.name.to_os_string()));
+        }
+        Self::make(plans, preserve_owner, fsync)
+    }
+
+    fn make(
+        plans: Vec<(u32, PathBuf, OwnedFd, OsString)>,
+        preserve_owner: bool,
+        fsync: bool,
+    ) -> Result<FsSink, ArchiveError> {
         let mut sink = FsSink {
             staging: Vec::new(),
             by_index: HashMap::new(),
@@ -185,13 +264,7 @@ impl FsSink {
             fsync,
             committed: false,
         };
-        for (index, path, parent, name) in plans {
-            let pfd = rustix::fs::open(
-                &parent,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| errno(format!("opening {parent:?}"), e))?;
+        for (index, path, pfd, name) in plans {
             match rustix::fs::mkdirat(&pfd, &name, Mode::from_raw_mode(0o700)) {
                 Ok(()) => {}
                 Err(Errno::EXIST) => return Err(staging_invalid(&path, "it already exists")),
@@ -430,7 +503,7 @@ impl Sink for FsSink {
 
 /// Removes `name` in `dir` and, if it is a directory, everything below it, never
 /// following a symlink.
-pub(crate) fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
+pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
     match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
         Ok(()) | Err(Errno::NOENT) => return Ok(()),
         Err(Errno::ISDIR) | Err(Errno::PERM) => {}

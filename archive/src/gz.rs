@@ -1,18 +1,14 @@
-//! The gzip layer, each direction on its own thread so that (de)compression overlaps
-//! with filesystem work.
+//! The reading side of the gzip layer, on its own thread so that decompression overlaps
+//! with filesystem work (the writing side is [`crate::deflate`]).
 //!
-//! Reading: exactly one gzip member, CRC and length checked by flate2, nothing after it;
-//! the compression ratio is watched as bytes come out. Writing: one gzip member (the
-//! extractor refuses a second), hashed with SHA-256 as it is written.
+//! Exactly one gzip member, CRC and length checked by flate2, nothing after it; the
+//! compression ratio is watched as bytes come out.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
-use std::thread::{Scope, ScopedJoinHandle};
+use std::io::{self, BufRead, BufReader, Read};
+use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
+use std::thread::Scope;
 
-use flate2::Compression;
 use flate2::bufread::GzDecoder;
-use flate2::write::GzEncoder;
-use sha2::{Digest, Sha256};
 
 use crate::error::ArchiveError;
 use crate::limits::Limits;
@@ -248,121 +244,12 @@ pub(crate) fn spawn_inflater<'scope, R: Read + Send + 'scope>(
     }
 }
 
-/// Hashes and counts what is written through it.
-struct HashWriter<W> {
-    inner: W,
-    sha: Sha256,
-    size: u64,
-}
-
-impl<W: Write> Write for HashWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.sha.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-enum In {
-    Data(Vec<u8>),
-    Finish,
-}
-
-/// What a compressor thread returns: (sha256 hex, compressed size, writer), or `None`
-/// when the producer went away without finishing (capture aborted).
-type DeflateResult<W> = Result<Option<(String, u64, W)>, ArchiveError>;
-
-/// The producer end of a compressor thread.
-pub(crate) struct Deflater<'scope, W> {
-    tx: SyncSender<In>,
-    free: Receiver<Vec<u8>>,
-    handle: ScopedJoinHandle<'scope, DeflateResult<W>>,
-}
-
-/// Starts a thread that gzips what it is sent into `out`, hashing the output.
-pub(crate) fn spawn_deflater<'scope, W: Write + Send + 'scope>(
-    scope: &'scope Scope<'scope, '_>,
-    out: W,
-    level: u32,
-) -> Deflater<'scope, W> {
-    let (tx, rx) = sync_channel::<In>(DEPTH);
-    let (free_tx, free_rx) = channel::<Vec<u8>>();
-    let handle = scope.spawn(move || {
-        let hw = HashWriter {
-            inner: out,
-            sha: Sha256::new(),
-            size: 0,
-        };
-        let mut enc = GzEncoder::new(hw, Compression::new(level));
-        let wr = |e| ArchiveError::io("writing the archive", e);
-        loop {
-            match rx.recv() {
-                Ok(In::Data(mut buf)) => {
-                    enc.write_all(&buf).map_err(wr)?;
-                    buf.clear();
-                    let _ = free_tx.send(buf);
-                }
-                Ok(In::Finish) => {
-                    let mut hw = enc.finish().map_err(wr)?;
-                    hw.inner.flush().map_err(wr)?;
-                    return Ok(Some((hex::encode(hw.sha.finalize()), hw.size, hw.inner)));
-                }
-                Err(_) => return Ok(None),
-            }
-        }
-    });
-    Deflater {
-        tx,
-        free: free_rx,
-        handle,
-    }
-}
-
-impl<'scope, W> Deflater<'scope, W> {
-    /// An empty buffer to fill (recycled when possible).
-    pub(crate) fn buffer(&self, cap: usize) -> Vec<u8> {
-        self.free
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(cap))
-    }
-
-    /// Hands a filled buffer to the compressor; false if the compressor has stopped
-    /// (its error is returned by [`Deflater::finish`] or [`Deflater::abort`]).
-    pub(crate) fn send(&self, buf: Vec<u8>) -> bool {
-        self.tx.send(In::Data(buf)).is_ok()
-    }
-
-    /// Ends the gzip member; returns (sha256 hex, compressed size, writer).
-    pub(crate) fn finish(self) -> Result<(String, u64, W), ArchiveError> {
-        let _ = self.tx.send(In::Finish);
-        join(self.handle)?.ok_or_else(|| ArchiveError::Io {
-            context: "writing the archive".into(),
-            source: io::Error::other("compression thread stopped early"),
-        })
-    }
-
-    /// Stops without finishing the member; returns the compressor's own error if it
-    /// failed first (e.g. ENOSPC), which explains a failed [`Deflater::send`].
-    pub(crate) fn abort(self) -> Option<ArchiveError> {
-        drop(self.tx);
-        join(self.handle).err()
-    }
-}
-
-fn join<T>(h: ScopedJoinHandle<'_, Result<T, ArchiveError>>) -> Result<T, ArchiveError> {
-    match h.join() {
-        Ok(r) => r,
-        Err(p) => std::panic::resume_unwind(p),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+    use std::io::Write;
 
     fn gz(data: &[u8]) -> Vec<u8> {
         let mut e = GzEncoder::new(Vec::new(), Compression::new(6));

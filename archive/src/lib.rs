@@ -12,9 +12,12 @@
 //! - [`verify`] applies every rule without writing anything; [`read_manifest`] reads the
 //!   first entry only.
 //!
-//! Everything here blocks and uses one helper thread; async callers should run it in
-//! `spawn_blocking`.
+//! Everything here blocks and uses helper threads (capture: one compressor per CPU plus
+//! a writer, see [`WriteOptions::threads`]; extraction: one decompressor); async
+//! callers should run it in `spawn_blocking`.
 
+mod deflate;
+pub mod diff;
 mod error;
 mod extract;
 mod fsops;
@@ -28,10 +31,10 @@ mod write;
 
 pub use error::{ArchiveError, RULES};
 pub use extract::{
-    EntryStats, ExtractSummary, VerifySummary, extract, extract_file, read_manifest,
+    EntryStats, ExtractSummary, VerifySummary, extract, extract_at, extract_file, read_manifest,
     read_manifest_from, verify, verify_stream,
 };
+pub use fsops::{StagingAt, remove_tree_at};
 pub use limits::{ExtractOptions, Limits, MANIFEST_MAX_BYTES, MAX_COMPONENT_LEN, MAX_SYMLINK_HOPS};
 pub use manifest::{FORMAT, MANIFEST_NAME, MAX_VOLUMES, Manifest, ManifestVolume};
-pub use names::RESERVED_MARKER;
 pub use write::{VolumeInput, WriteOptions, WriteSummary, write_archive, write_archive_file};

@@ -10,9 +10,6 @@ use std::borrow::Cow;
 use crate::error::{ArchiveError, show};
 use crate::limits::{Limits, MAX_COMPONENT_LEN};
 
-/// The reserved root-level name the restore engine uses for its marker file.
-pub const RESERVED_MARKER: &str = ".volsnap-marker";
-
 /// Splits and checks a raw entry name; returns its components.
 ///
 /// `..` is reported before other defects so that a traversal attempt is always named as
@@ -113,12 +110,6 @@ pub(crate) fn fold(name: &[u8]) -> Cow<'_, [u8]> {
             }
         }
     }
-}
-
-/// True for the reserved marker name, compared case-insensitively (the marker must not
-/// be shadowed on a case-insensitive filesystem either).
-pub(crate) fn is_reserved(name: &[u8]) -> bool {
-    fold(name).as_ref() == RESERVED_MARKER.as_bytes()
 }
 
 /// Checks a symlink target on its own: non-empty, no NUL, relative, bounded, and not
@@ -228,9 +219,6 @@ mod tests {
         assert_eq!(fold("ÉTÉ".as_bytes()).as_ref(), "été".as_bytes());
         assert_eq!(fold("\u{212A}".as_bytes()).as_ref(), b"k"); // Kelvin sign
         assert_eq!(fold(b"A\xff").as_ref(), b"a\xff");
-        assert!(is_reserved(b".volsnap-marker"));
-        assert!(is_reserved(b".VolSnap-Marker"));
-        assert!(!is_reserved(b"volsnap-marker"));
     }
 
     #[test]

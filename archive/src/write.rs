@@ -18,16 +18,17 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
+use crate::deflate::{auto_threads, spawn_deflater};
 use crate::error::{ArchiveError, errno, show};
-use crate::gz::spawn_deflater;
 use crate::limits::{Limits, MANIFEST_MAX_BYTES};
 use crate::manifest::{FORMAT, MANIFEST_NAME, Manifest, ManifestVolume};
-use crate::names::{check_symlink_target, is_reserved};
+use crate::names::check_symlink_target;
 use crate::tarfmt::{padding, write_header};
 use crate::tree::{InsertError, Kind, Meta, NodeId, Tree};
 
@@ -43,7 +44,11 @@ pub struct VolumeInput {
     /// The configured source (manifest `source`).
     pub source: String,
     /// The resolved host directory to read. Its last component must not be a symlink.
+    /// With `root` set it only names the volume in errors and logs.
     pub path: PathBuf,
+    /// The volume's directory, already opened (and pinned) by the caller: read through
+    /// this fd instead of resolving `path`.
+    pub root: Option<Arc<OwnedFd>>,
 }
 
 /// Options of [`write_archive`].
@@ -57,6 +62,9 @@ pub struct WriteOptions {
     /// The capture fails (before writing anything) if the archive would break these
     /// caps, so that the default extractor never refuses a fresh snapshot.
     pub limits: Limits,
+    /// Compressor threads; 0 (the default) means one per available CPU (at most 16).
+    /// The output is byte-for-byte the same whatever the number.
+    pub threads: usize,
 }
 
 impl Default for WriteOptions {
@@ -65,6 +73,7 @@ impl Default for WriteOptions {
             level: 6,
             created_at: None,
             limits: Limits::default(),
+            threads: 0,
         }
     }
 }
@@ -168,9 +177,6 @@ impl Scanner<'_> {
             let name = ent.file_name().to_bytes();
             if name == b"." || name == b".." {
                 continue;
-            }
-            if depth == 1 && is_reserved(name) {
-                continue; // the restore engine's marker, never captured
             }
             match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) => list.push((name.to_vec(), st)),
@@ -315,7 +321,11 @@ fn scan_volume(
         path: v.path.clone(),
         reason,
     };
-    let root_fd = match rustix::fs::open(&v.path, DIR_FLAGS, Mode::empty()) {
+    let opened = match &v.root {
+        Some(fd) => rustix::io::fcntl_dupfd_cloexec(fd.as_fd(), 0),
+        None => rustix::fs::open(&v.path, DIR_FLAGS, Mode::empty()),
+    };
+    let root_fd = match opened {
         Ok(fd) => fd,
         Err(Errno::LOOP) => return Err(invalid("it is a symlink".into())),
         Err(Errno::NOTDIR) => return Err(invalid("it is not a directory".into())),
@@ -448,11 +458,12 @@ pub fn write_archive<W: Write + Send>(
     progress(0, total);
 
     let (sha256, size) = std::thread::scope(|scope| {
-        let deflater = spawn_deflater(scope, out, opts.level.min(9));
+        let mut deflater =
+            spawn_deflater(scope, out, opts.level.min(9), auto_threads(opts.threads));
+        let mut send = |b: &[u8]| deflater.write(b);
         let mut em = Emitter {
-            buf: deflater.buffer(BUF),
-            send: &|b| deflater.send(b),
-            fresh: &|| deflater.buffer(BUF),
+            buf: Vec::with_capacity(BUF),
+            send: &mut send,
             done: 0,
             total,
             reported: 0,
@@ -519,8 +530,7 @@ impl From<ArchiveError> for Emit {
 
 struct Emitter<'a> {
     buf: Vec<u8>,
-    send: &'a dyn Fn(Vec<u8>) -> bool,
-    fresh: &'a dyn Fn() -> Vec<u8>,
+    send: &'a mut dyn FnMut(&[u8]) -> bool,
     done: u64,
     total: u64,
     reported: u64,
@@ -532,12 +542,9 @@ impl Emitter<'_> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let full = std::mem::replace(&mut self.buf, (self.fresh)());
-        if (self.send)(full) {
-            Ok(())
-        } else {
-            Err(Emit::Stopped)
-        }
+        let sent = (self.send)(&self.buf);
+        self.buf.clear();
+        if sent { Ok(()) } else { Err(Emit::Stopped) }
     }
 
     fn maybe_flush(&mut self) -> Result<(), Emit> {

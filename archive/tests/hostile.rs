@@ -553,25 +553,28 @@ fn setuid_bits_are_dropped_not_refused() {
 }
 
 #[test]
-fn reserved_marker_name() {
-    refused(
-        vec![root(), Raw::file("volumes/0/.volsnap-marker", "x")],
-        "reserved_name",
-    );
-    refused(
-        vec![root(), Raw::dir("volumes/0/.VOLSNAP-MARKER/")],
-        "reserved_name",
-    );
-    // Deeper down it is an ordinary name.
+fn no_name_is_reserved() {
+    // volsnap keeps nothing of its own inside a volume, so an app's files named like
+    // anything volsnap uses elsewhere extract like every other name.
     let a = Arena::new();
     a.extract_ok(
         &archive(&[
             root(),
-            Raw::dir("volumes/0/d/"),
-            Raw::file("volumes/0/d/.volsnap-marker", "x"),
+            Raw::file("volumes/0/.volsnap-marker", "m"),
+            Raw::dir("volumes/0/.VOLSNAP-MARKER-dir/"),
+            Raw::file("volumes/0/..volsnap-marker.tmp", "t"),
+            Raw::file("volumes/0/.volsnap-0190-0", "s"),
         ]),
         1,
         &opts(),
+    );
+    assert_eq!(
+        std::fs::read_to_string(a.staging(0).join(".volsnap-marker")).unwrap(),
+        "m"
+    );
+    assert_eq!(
+        std::fs::read_to_string(a.staging(0).join("..volsnap-marker.tmp")).unwrap(),
+        "t"
     );
 }
 

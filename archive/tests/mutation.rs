@@ -44,6 +44,7 @@ fn seed_archive() -> Vec<u8> {
         scope: "stage".into(),
         source: "d".into(),
         path: src.to_path_buf(),
+        root: None,
     };
     let opts = WriteOptions {
         level: 1,

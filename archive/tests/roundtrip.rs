@@ -207,6 +207,7 @@ fn vol(index: u32, path: &Path) -> VolumeInput {
         scope: "stage".into(),
         source: format!("data{index}"),
         path: path.to_path_buf(),
+        root: None,
     }
 }
 
@@ -334,12 +335,15 @@ fn several_volumes_to_staging_on_different_filesystems() {
 }
 
 #[test]
-fn skipped_entries_are_counted_and_the_marker_is_ignored() {
+fn skipped_entries_are_counted_and_names_like_volsnaps_are_kept() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();
     fs::write(src.join("keep"), b"k").unwrap();
     fs::create_dir(src.join("d")).unwrap();
+    // Names like the ones volsnap once used inside volumes are ordinary app files.
+    fs::write(src.join(".volsnap-marker"), b"m").unwrap();
+    fs::write(src.join("..volsnap-marker.tmp"), b"t").unwrap();
     let expected = snapshot(&src, false);
     // Skipped: fifo, socket, absolute symlink, escaping symlink, escaping chain.
     rustix::fs::mknodat(
@@ -355,8 +359,6 @@ fn skipped_entries_are_counted_and_the_marker_is_ignored() {
     symlink("../../outside", src.join("d/up")).unwrap();
     symlink(".", src.join("dot")).unwrap();
     symlink("../dot/..", src.join("d/chain")).unwrap();
-    // The restore engine's marker at the root: left out, not counted.
-    fs::write(src.join(".volsnap-marker"), b"m").unwrap();
     let mut out = Vec::new();
     let s = write_archive(
         &mut out,
@@ -367,7 +369,7 @@ fn skipped_entries_are_counted_and_the_marker_is_ignored() {
     )
     .unwrap();
     assert_eq!(s.manifest.volumes[0].skipped, Some(5));
-    assert_eq!(s.manifest.volumes[0].files, 1);
+    assert_eq!(s.manifest.volumes[0].files, 3);
     let staging = tmp.path().join("staging");
     volsnap_archive::extract(
         &out[..],
@@ -488,4 +490,274 @@ fn write_errors_surface_as_typed_io() {
     )
     .unwrap_err();
     assert_eq!(e.rule(), "no_space", "{e}");
+}
+
+/// Capture through a held directory fd and extract relative to a held parent fd: after
+/// both directories' paths are swapped for symlinks to elsewhere, reading and writing
+/// still happen in the directories that were opened, and nothing lands at the symlinks'
+/// targets.
+#[test]
+fn fd_pinned_capture_and_extraction_ignore_later_path_swaps() {
+    use std::os::fd::AsFd;
+    use volsnap_archive::{StagingAt, extract_at};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("real"), "captured").unwrap();
+    let decoy = tmp.path().join("decoy");
+    fs::create_dir(&decoy).unwrap();
+    fs::write(decoy.join("secret"), "must not be captured").unwrap();
+
+    let src_fd = std::sync::Arc::new(
+        rustix::fs::open(
+            &src,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap(),
+    );
+    fs::rename(&src, tmp.path().join("src-moved")).unwrap();
+    symlink(&decoy, &src).unwrap();
+    let mut input = vol(0, &src);
+    input.root = Some(src_fd);
+    let dest = tmp.path().join("snap.tar.gz");
+    write_archive_file(
+        &dest,
+        "wl-1",
+        &[input],
+        &WriteOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+
+    let parent = tmp.path().join("parent");
+    fs::create_dir(&parent).unwrap();
+    let parent_fd = rustix::fs::open(
+        &parent,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    fs::rename(&parent, tmp.path().join("parent-moved")).unwrap();
+    let elsewhere = tmp.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    symlink(&elsewhere, &parent).unwrap();
+    let name = std::ffi::OsStr::new("stage");
+    let staging = BTreeMap::from([(
+        0u32,
+        StagingAt {
+            parent: parent_fd.as_fd(),
+            name,
+            label: parent.join("stage"),
+        },
+    )]);
+    extract_at(
+        fs::File::open(&dest).unwrap(),
+        &staging,
+        &ExtractOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let landed = tmp.path().join("parent-moved/stage");
+    assert_eq!(fs::read_to_string(landed.join("real")).unwrap(), "captured");
+    assert!(!landed.join("secret").exists(), "the decoy was captured");
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+}
+
+// --- The parallel compressor (several threads, one gzip member) ---
+
+fn fixed(threads: usize) -> WriteOptions {
+    WriteOptions {
+        created_at: Some("2025-06-01T12:00:00Z".parse().unwrap()),
+        threads,
+        ..WriteOptions::default()
+    }
+}
+
+/// A tree whose tar stream spans many 128 KiB compression blocks.
+fn multi_block_tree(root: &Path) -> Built {
+    fs::create_dir(root).unwrap();
+    build_tree(root, 600, &[1 << 20, 700_001, 2 << 20], 21)
+}
+
+#[test]
+fn parallel_capture_is_byte_identical_for_any_thread_count_and_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    multi_block_tree(&src);
+    let capture = |threads| {
+        let mut out = Vec::new();
+        let s = write_archive(
+            &mut out,
+            "w",
+            &[vol(0, &src)],
+            &fixed(threads),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(s.size, out.len() as u64);
+        assert_eq!(s.sha256, hex::encode(Sha256::digest(&out)));
+        out
+    };
+    let one = capture(1);
+    assert!(one.len() > 1 << 20, "the tree must span many blocks");
+    for threads in [2, 3, 8, 0, 2] {
+        let other = capture(threads);
+        if one != other {
+            let un = |g: &[u8]| {
+                let mut v = Vec::new();
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(g), &mut v).unwrap();
+                v
+            };
+            eprintln!("tar streams equal: {}", un(&one) == un(&other));
+            let first = one.iter().zip(&other).position(|(a, b)| a != b);
+            eprintln!("first differing byte: {first:?}");
+        }
+        assert!(
+            one == other,
+            "{threads} threads: {} bytes vs {} with 1 thread",
+            other.len(),
+            one.len()
+        );
+    }
+}
+
+#[test]
+fn parallel_capture_is_one_gzip_member_that_gnu_tar_and_we_extract_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let built = multi_block_tree(&src);
+    let expected = snapshot(&src, true);
+    let dest = tmp.path().join("snap.tar.gz");
+    write_archive_file(&dest, "w", &[vol(0, &src)], &fixed(4), &mut |_, _| {}).unwrap();
+    let data = fs::read(&dest).unwrap();
+
+    // Exactly one member: its decoder consumes the whole file, nothing is left over.
+    let mut dec = flate2::bufread::GzDecoder::new(&data[..]);
+    let n = std::io::copy(&mut dec, &mut std::io::sink()).unwrap();
+    assert!(n > built.bytes);
+    assert!(dec.into_inner().is_empty(), "bytes after the first member");
+    // gzip itself agrees (CRC and length).
+    let t = std::process::Command::new("gzip")
+        .arg("-t")
+        .arg(&dest)
+        .output()
+        .expect("gzip must be installed for this test");
+    assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
+
+    // GNU tar extracts it to exactly the source tree (types, modes, owners, mtimes,
+    // contents, symlinks).
+    let by_tar = tmp.path().join("by-tar");
+    fs::create_dir(&by_tar).unwrap();
+    let out = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(&dest)
+        .arg("-C")
+        .arg(&by_tar)
+        .arg("--numeric-owner")
+        .output()
+        .expect("GNU tar must be installed for this test");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = snapshot(&by_tar.join("volumes/0"), true);
+    assert_eq!(
+        tree_hash(&expected),
+        tree_hash(&got),
+        "GNU tar's tree differs:\n{}",
+        diff(&expected, &got)
+    );
+
+    // And so does ours.
+    let staging = tmp.path().join("staging");
+    let s = extract_file(
+        &dest,
+        &BTreeMap::from([(0u32, staging.clone())]),
+        &ExtractOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(s.stats.files, built.files);
+    assert_eq!(s.compressed_bytes, data.len() as u64);
+    let got = snapshot(&staging, true);
+    assert_eq!(
+        tree_hash(&expected),
+        tree_hash(&got),
+        "our tree differs:\n{}",
+        diff(&expected, &got)
+    );
+}
+
+#[test]
+fn parallel_capture_damaged_fails_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    multi_block_tree(&src);
+    let mut good = Vec::new();
+    write_archive(&mut good, "w", &[vol(0, &src)], &fixed(3), &mut |_, _| {}).unwrap();
+    let staging = tmp.path().join("staging");
+    let refused = |bytes: &[u8], rule: Option<&str>, what: &str| {
+        let map = BTreeMap::from([(0u32, staging.clone())]);
+        let e = volsnap_archive::extract(bytes, &map, &opts(), &mut |_, _| {}).expect_err(what);
+        if let Some(rule) = rule {
+            assert_eq!(e.rule(), rule, "{what}: {e}");
+        }
+        assert!(!staging.exists(), "{what}: staging left behind");
+    };
+
+    // Cut exactly after a block's sync-flush marker (00 00 ff ff): the deflate stream
+    // is cleanly cut at a block boundary there, so only the missing final block and
+    // trailer tell; and cut in the middle of blocks.
+    let marks: Vec<usize> = good
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == [0, 0, 0xff, 0xff])
+        .map(|(i, _)| i + 4)
+        .collect();
+    assert!(
+        marks.len() >= 8,
+        "expected many blocks, found {}",
+        marks.len()
+    );
+    for &cut in marks.iter().step_by(marks.len() / 6) {
+        refused(
+            &good[..cut],
+            Some("corrupt_gzip"),
+            &format!("cut at block end {cut}"),
+        );
+    }
+    for cut in [
+        good.len() / 3,
+        good.len() / 2 + 17,
+        good.len() - 9,
+        good.len() - 1,
+    ] {
+        refused(&good[..cut], Some("corrupt_gzip"), &format!("cut at {cut}"));
+    }
+    // The trailer's CRC and length.
+    for back in [8, 5, 4, 1] {
+        let mut bad = good.clone();
+        let n = bad.len();
+        bad[n - back] ^= 0x40;
+        refused(&bad, Some("corrupt_gzip"), &format!("trailer byte -{back}"));
+    }
+    // A flipped bit inside a compressed block is refused (by inflate, the tar
+    // reader or at the latest the CRC); which rule depends on where it lands.
+    for at in [good.len() / 4, good.len() / 2, 3 * good.len() / 4] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x10;
+        refused(&bad, None, &format!("bit flipped at {at}"));
+    }
+    // A second member (another whole archive) after ours, and garbage after ours.
+    let mut two = good.clone();
+    two.extend_from_slice(&good);
+    refused(&two, Some("multiple_gzip_members"), "two members");
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(b"\0\0junk");
+    refused(&trailing, Some("trailing_data"), "trailing bytes");
+    // And the undamaged archive still extracts.
+    let map = BTreeMap::from([(0u32, staging.clone())]);
+    volsnap_archive::extract(&good[..], &map, &opts(), &mut |_, _| {}).unwrap();
 }

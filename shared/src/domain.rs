@@ -57,8 +57,17 @@ pub struct UnknownVariant {
 }
 
 text_enum!(
-    /// What a job does.
-    JobKind { Capture = "capture", Restore = "restore" }
+    /// What a job does. A `plan` is a restore's dry run: read-only, outside the
+    /// workload's single-flight and lock. `pre_restore_archive` archives a restore's kept
+    /// pre-restore directory as a `pre-restore` snapshot in the background; `undo` puts a
+    /// restore's pre-restore data back (issue 11).
+    JobKind {
+        Capture = "capture",
+        Restore = "restore",
+        Plan = "plan",
+        PreRestoreArchive = "pre_restore_archive",
+        Undo = "undo",
+    }
 );
 
 text_enum!(
@@ -106,6 +115,31 @@ text_enum!(
     /// An API token's power.
     Role { Admin = "admin", Viewer = "viewer" }
 );
+
+/// The longest node name (the `workloads.node` CHECK constraint; a DNS name's limit).
+pub const NODE_NAME_MAX: usize = 253;
+
+/// The node-name grammar, `^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$`: ASCII letters, digits,
+/// `.`, `_` and `-`, starting with a letter or digit. Hostnames fit; zero-width, bidi,
+/// control, whitespace and other look-alike characters do not (a job routed to a node
+/// whose name no worker can type would wait forever).
+pub fn check_node_name(name: &str) -> Result<(), NodeNameError> {
+    let ok = !name.is_empty()
+        && name.len() <= NODE_NAME_MAX
+        && name
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b.is_ascii_alphanumeric() || (i > 0 && matches!(b, b'.' | b'_' | b'-')));
+    if ok { Ok(()) } else { Err(NodeNameError) }
+}
+
+/// A node name outside [`check_node_name`]'s grammar.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "must match ^[A-Za-z0-9][A-Za-z0-9._-]{{0,252}}$ (ASCII letters, digits, '.', '_', '-'; \
+     starting with a letter or digit; at most 253)"
+)]
+pub struct NodeNameError;
 
 /// One data volume of a workload: a host path (by scope) bind-mounted at `target`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -176,6 +210,18 @@ pub struct Job {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub heartbeat_at: Option<DateTime<Utc>>,
+    /// Times the job went back to `queued` after a transient fault that changed nothing.
+    pub retries: i32,
+    /// The last such fault (`code: message`).
+    pub last_transient_error: Option<String>,
+    /// A queued job is not claimed before this time (retry backoff).
+    pub run_after: Option<DateTime<Utc>>,
+    /// What the job found: a plan's verdict and per-volume diff, a verified restore's
+    /// verification (see docs/api.md "Restore plans").
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    /// A restore that compares the restored volumes with the snapshot before it succeeds.
+    pub verify: bool,
 }
 
 /// The column list matching [`Job`], for `SELECT`/`RETURNING`, as a literal so it can
@@ -186,7 +232,8 @@ macro_rules! job_columns {
         "id, kind, workload_id, snapshot_id, node, state, phase, progress_done, \
      progress_total, attempt, recovering, cancel_requested, past_point_of_no_return, worker_id, \
      error_code, error_message, pre_restore_snapshot_id, batch_id, requested_by, created_at, \
-     started_at, finished_at, heartbeat_at"
+     started_at, finished_at, heartbeat_at, retries, last_transient_error, run_after, result, \
+     verify"
     };
 }
 
@@ -196,6 +243,34 @@ pub const JOB_COLUMNS: &str = job_columns!();
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_names() {
+        for ok in [
+            "node-a",
+            "ip-10-0-0-1.ec2.internal",
+            "N1",
+            "a_b",
+            &"a".repeat(253),
+        ] {
+            check_node_name(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "-a",
+            ".a",
+            "a b",
+            "a/b",
+            "node\u{200b}a",
+            "node\u{202e}a",
+            "nod\u{0435}",
+            "a\n",
+            "a\0",
+            &"a".repeat(254),
+        ] {
+            assert!(check_node_name(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn enums_round_trip_through_text() {

@@ -20,6 +20,11 @@ pub const WORKLOAD_NOT_FOUND: &str = "workload_not_found";
 pub const CROSS_FILESYSTEM: &str = "cross_filesystem";
 pub const NO_VOLUMES: &str = "no_volumes";
 pub const CANCELLED: &str = "cancelled";
+/// An `absolute` volume outside the node's `VOLSNAP_ABSOLUTE_ROOTS` (or none are set).
+pub const ABSOLUTE_NOT_ALLOWED: &str = "absolute_volume_not_allowed";
+/// A volume's host path equals, contains or lies inside a volume of another workload
+/// of the same node.
+pub const VOLUME_OVERLAP: &str = "volume_overlap";
 
 pub const INTERNAL: &str = "internal";
 pub const DOCKER: &str = "docker_error";
@@ -30,8 +35,24 @@ pub const IO: &str = "io_error";
 /// empty volume that a later restore would use to wipe data).
 pub const VOLUME_SOURCE_MISSING: &str = "volume_source_missing";
 /// The worker died mid-job; recovery rolled the node back to its state before the
-/// job (nothing changed) and the job may simply be enqueued again.
+/// job (nothing changed) and the job may simply be enqueued again. A job that changed
+/// nothing is put back on the queue by itself (see [`is_transient_db_error`]) while it
+/// has retries left; this code ends it only once they are used up.
 pub const INTERRUPTED: &str = "interrupted";
+/// The database could not be reached (connection lost, server restarting, pool
+/// exhausted) and the job had changed nothing: it is retried, and this code ends it
+/// only once its retries are used up.
+pub const DATABASE_UNAVAILABLE: &str = "database_unavailable";
+/// A volume's directory (or one of its parents) was replaced or re-pointed (e.g. by a
+/// symlink) while the job ran; the job stopped before touching it.
+pub const VOLUME_CHANGED: &str = "volume_changed";
+/// An undo found neither the kept pre-restore directory nor a ready `pre-restore`
+/// snapshot of the job it was to revert.
+pub const UNDO_UNAVAILABLE: &str = "undo_unavailable";
+
+/// A restore asked to verify found the restored volumes differ from the snapshot
+/// (after the redeploy; the pre-restore snapshot is kept).
+pub const VERIFY_MISMATCH: &str = "verify_mismatch";
 
 const CLIENT_ACTIONABLE: &[&str] = &[
     CHECKSUM_MISMATCH,
@@ -47,12 +68,40 @@ const CLIENT_ACTIONABLE: &[&str] = &[
     CROSS_FILESYSTEM,
     NO_VOLUMES,
     VOLUME_SOURCE_MISSING,
+    VOLUME_CHANGED,
+    ABSOLUTE_NOT_ALLOWED,
+    VOLUME_OVERLAP,
+    VERIFY_MISMATCH,
+    UNDO_UNAVAILABLE,
 ];
 
 /// Whether a failure with this code is something the client can act on (HTTP 422)
 /// rather than an internal error (HTTP 500).
 pub fn is_client_actionable(code: &str) -> bool {
     code.starts_with(ARCHIVE_PREFIX) || CLIENT_ACTIONABLE.contains(&code)
+}
+
+/// Whether a database error is a transient fault — the connection or the server, not
+/// the statement: lost or refused connections (I/O, SQLSTATE class 08), a server
+/// shutting down or starting (57P01 admin shutdown, which `pg_terminate_backend` also
+/// sends, 57P02, 57P03), too many connections (53300), an exhausted or closed pool, a
+/// serialization failure or deadlock victim (40001, 40P01). A job that failed with one
+/// of these before it changed anything is put back on the queue (docs/queue.md).
+pub fn is_transient_db_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            c.starts_with("08")
+                || matches!(
+                    &*c,
+                    "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
+                )
+        }),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -65,5 +114,16 @@ mod tests {
         assert!(is_client_actionable(INSUFFICIENT_SPACE));
         assert!(!is_client_actionable(INTERNAL));
         assert!(!is_client_actionable(REDEPLOY_FAILED));
+        assert!(!is_client_actionable(DATABASE_UNAVAILABLE));
+    }
+
+    #[test]
+    fn transient_database_errors() {
+        assert!(is_transient_db_error(&sqlx::Error::PoolTimedOut));
+        assert!(is_transient_db_error(&sqlx::Error::Io(
+            std::io::Error::from(std::io::ErrorKind::ConnectionReset)
+        )));
+        assert!(!is_transient_db_error(&sqlx::Error::RowNotFound));
+        assert!(!is_transient_db_error(&sqlx::Error::Protocol("bad".into())));
     }
 }

@@ -8,6 +8,7 @@ pub mod failure;
 pub mod ids;
 pub mod queue;
 pub mod telemetry;
+pub mod volume;
 
 /// The schema migrations, applied by `volsnap-api migrate`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -815,3 +815,136 @@ async fn an_abandoned_job_is_recovered_without_waiting_for_the_lease(pool: PgPoo
         "the second run must be a recovery"
     );
 }
+
+/// A handler that reports a transient fault before any change: the job goes back to
+/// `queued` with a backoff (not run again before it), its retries and last fault are
+/// on the row, and the next run succeeds.
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn a_transient_fault_before_any_change_is_retried_with_backoff(pool: PgPool) {
+    #[derive(Default)]
+    struct FlakyOnce(Mutex<Vec<(i32, Instant)>>);
+    impl JobHandler for FlakyOnce {
+        async fn run(&self, ctx: JobContext) -> JobOutcome {
+            self.0
+                .lock()
+                .unwrap()
+                .push((ctx.job.retries, Instant::now()));
+            if ctx.job.retries == 0 {
+                assert!(ctx.retries_left());
+                JobOutcome::retry("database_unavailable", "connection reset")
+            } else {
+                JobOutcome::Succeeded
+            }
+        }
+    }
+    let w = workload(&pool, "n1").await;
+    let id = enqueue(&pool, &new_job(w, "n1")).await.unwrap();
+    let mut cfg = fast_config("n1");
+    cfg.retry.backoff = Duration::from_millis(700);
+    let runs = Arc::new(FlakyOnce::default());
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(run(pool.clone(), cfg, runs.clone(), stop.clone()));
+    wait_until(
+        "the retried job succeeded",
+        Duration::from_secs(15),
+        || async { job_state(&pool, id).await == JobState::Succeeded },
+    )
+    .await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    let runs = runs.0.lock().unwrap().clone();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!((runs[0].0, runs[1].0), (0, 1));
+    assert!(
+        runs[1].1 - runs[0].1 >= Duration::from_millis(650),
+        "the retry did not wait for its backoff: {:?}",
+        runs[1].1 - runs[0].1
+    );
+    let j = queue::get_job(&pool, id).await.unwrap().unwrap();
+    assert_eq!((j.attempt, j.retries), (2, 1));
+    assert_eq!(
+        j.last_transient_error.as_deref(),
+        Some("database_unavailable: connection reset")
+    );
+    assert!(j.error_code.is_none());
+}
+
+/// Retries are bounded: a job that keeps hitting transient faults fails with the
+/// fault's code once its retries are used up.
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn transient_retries_are_bounded(pool: PgPool) {
+    struct AlwaysFlaky;
+    impl JobHandler for AlwaysFlaky {
+        async fn run(&self, _ctx: JobContext) -> JobOutcome {
+            JobOutcome::retry("database_unavailable", "connection reset")
+        }
+    }
+    let w = workload(&pool, "n1").await;
+    let id = enqueue(&pool, &new_job(w, "n1")).await.unwrap();
+    let mut cfg = fast_config("n1");
+    cfg.retry.max_retries = 2;
+    cfg.retry.backoff = Duration::from_millis(10);
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(run(pool.clone(), cfg, Arc::new(AlwaysFlaky), stop.clone()));
+    wait_until("the job failed", Duration::from_secs(15), || async {
+        job_state(&pool, id).await == JobState::Failed
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    let j = queue::get_job(&pool, id).await.unwrap().unwrap();
+    assert_eq!((j.attempt, j.retries), (3, 2));
+    assert_eq!(j.error_code.as_deref(), Some("database_unavailable"));
+    assert!(
+        j.error_message
+            .as_deref()
+            .unwrap()
+            .contains("gave up after 2 retries"),
+        "{j:?}"
+    );
+}
+
+/// Issue 10: a job whose workload lock could not be taken (the lock connection had
+/// died) was left `running` for the orphan check, which queued it for recovery. It
+/// changed nothing: it goes straight back to `queued` as a retry.
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn a_failed_lock_taking_is_a_retry(pool: PgPool) {
+    let w = workload(&pool, "n1").await;
+    let first = enqueue(&pool, &new_job(w, "n1")).await.unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let mut cfg = fast_config("n1");
+    cfg.retry.backoff = Duration::from_millis(50);
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(run(pool.clone(), cfg, recorder.clone(), stop.clone()));
+    wait_until("the first job ran", Duration::from_secs(10), || async {
+        job_state(&pool, first).await == JobState::Succeeded
+    })
+    .await;
+    // The lock connection is idle now (its last statement released the lock): kill it.
+    // Holding no lock, nothing notices until the next job asks for one.
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() \
+           AND query LIKE '%pg_advisory_unlock%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1, "the lock connection was not found");
+    let second = enqueue(&pool, &new_job(w, "n1")).await.unwrap();
+    wait_until("the second job ran", Duration::from_secs(15), || async {
+        job_state(&pool, second).await == JobState::Succeeded
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    let j = queue::get_job(&pool, second).await.unwrap().unwrap();
+    assert_eq!(j.retries, 1, "{j:?}");
+    assert!(!j.recovering);
+    assert!(
+        j.last_transient_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("database_unavailable:")),
+        "{j:?}"
+    );
+}

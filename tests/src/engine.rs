@@ -213,6 +213,29 @@ impl Env {
 
     /// [`Env::worker`] with extra `run` flags.
     pub fn worker_with(&self, crash_at: Option<&str>, extra: &[&str]) -> Worker {
+        self.worker_env(crash_at, extra, &[])
+    }
+
+    /// A worker that stops at `point` until [`Pause::release`] (feature `failpoints`).
+    pub fn worker_paused(&self, point: &str) -> (Worker, Pause) {
+        let file = self.root().join(format!("pause-{point}"));
+        let w = self.worker_env(
+            None,
+            &[],
+            &[
+                ("VOLSNAP_PAUSE_AT", point),
+                ("VOLSNAP_PAUSE_FILE", file.to_str().unwrap()),
+            ],
+        );
+        (w, Pause(file))
+    }
+
+    pub fn worker_env(
+        &self,
+        crash_at: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Worker {
         let n = self
             .worker_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -225,6 +248,8 @@ impl Env {
             .arg(self.snapshot_dir())
             .arg("--volumes-root")
             .arg(self.volumes_root())
+            .arg("--absolute-roots")
+            .arg(self.root().join("abs"))
             .args([
                 "--heartbeat-secs",
                 "0.2",
@@ -241,6 +266,12 @@ impl Env {
                 "--shutdown-grace-secs",
                 "30",
             ])
+            .args(
+                (!extra.contains(&"--keep-sweep-secs"))
+                    .then_some(["--keep-sweep-secs", "0.3"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(extra)
             .env("RUST_LOG", "info,sqlx=warn")
             .env_remove("VOLSNAP_CRASH_AT")
@@ -249,6 +280,7 @@ impl Env {
         if let Some(p) = crash_at {
             cmd.env("VOLSNAP_CRASH_AT", p);
         }
+        cmd.envs(env.iter().copied());
         Worker(Some(cmd.spawn().expect("spawn the worker")))
     }
 
@@ -329,6 +361,7 @@ impl Env {
                 scope: spec.scope.as_str().into(),
                 source: spec.source.clone(),
                 path: path.clone(),
+                root: None,
             })
             .collect();
         let s = volsnap_archive::write_archive_file(
@@ -392,6 +425,69 @@ impl Env {
         out.sort();
         out.dedup();
         out
+    }
+
+    /// The node's keep records (`state/kept/*.json`): the kept pre-restore copies.
+    pub fn kept_records(&self) -> Vec<serde_json::Value> {
+        let mut out: Vec<serde_json::Value> = match std::fs::read_dir(self.state_dir().join("kept"))
+        {
+            Ok(rd) => rd
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+                .collect(),
+            Err(_) => vec![],
+        };
+        out.sort_by_key(|r| r["kept_at"].as_str().unwrap_or_default().to_owned());
+        out
+    }
+
+    /// The side directories a keep record names (the kept pre-restore copies).
+    pub fn kept_dirs(&self, volumes: &[VolumeSpec]) -> Vec<PathBuf> {
+        let names: Vec<String> = self
+            .kept_records()
+            .iter()
+            .flat_map(|r| r["volumes"].as_array().unwrap().clone())
+            .map(|v| v["side"].as_str().unwrap().to_owned())
+            .collect();
+        self.side_dirs(volumes)
+            .into_iter()
+            .filter(|d| names.iter().any(|n| d.file_name().unwrap() == n.as_str()))
+            .collect()
+    }
+
+    /// Side directories that no keep record names: staging, parking, trash — leftovers.
+    pub fn stray_side_dirs(&self, volumes: &[VolumeSpec]) -> Vec<PathBuf> {
+        let kept = self.kept_dirs(volumes);
+        self.side_dirs(volumes)
+            .into_iter()
+            .filter(|d| !kept.contains(d))
+            .collect()
+    }
+
+    /// Wait until the background archive linked a ready `pre-restore` snapshot to `job`.
+    pub async fn wait_pre_restore(&self, job: JobId, timeout: Duration) -> SnapshotId {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let row: Option<(SnapshotId, String)> = sqlx::query_as(
+                "SELECT s.id, s.state FROM jobs j JOIN snapshots s ON s.id = j.pre_restore_snapshot_id \
+                 WHERE j.id = $1",
+            )
+            .bind(job)
+            .fetch_optional(&self.pool)
+            .await
+            .unwrap();
+            if let Some((sid, state)) = &row
+                && state == "ready"
+            {
+                return *sid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {job}: no ready pre-restore snapshot after {timeout:?} ({row:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub fn journals(&self) -> Vec<PathBuf> {
@@ -475,6 +571,54 @@ impl Drop for Worker {
 
 /// Deterministic test data: nested dirs, files of a few sizes, a symlink inside the
 /// volume, an empty dir, an unusual mode. `seed` changes every byte.
+/// Names of volsnap's internal files and directories, past and present (one letter
+/// case each: the archive format refuses names that differ only by case);
+/// [`write_tree`] puts an app file of each name at the volume root.
+pub const APP_FILES_NAMED_LIKE_VOLSNAP: &[&str] = &[
+    ".VolSnap-Marker",
+    "..volsnap-marker.tmp",
+    ".volsnap-0190aaaa-0000-7000-8000-000000000000-0",
+    ".volsnap-0190aaaa-0000-7000-8000-000000000000-0.swap",
+    ".volsnap-0190aaaa-0000-7000-8000-000000000000-0.del",
+];
+
+/// Entries at a live volume's root that volsnap could have left there: any name with
+/// `volsnap` in it (any case) that is not one of the app's own files above.
+/// A worker held at a pause point ([`Env::worker_paused`]).
+pub struct Pause(PathBuf);
+
+impl Pause {
+    /// Wait until the worker reached the point.
+    pub async fn reached(&self, timeout: Duration) {
+        let flag = PathBuf::from(format!("{}.reached", self.0.display()));
+        let deadline = std::time::Instant::now() + timeout;
+        while !flag.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker never reached its pause point"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn release(&self) {
+        std::fs::write(format!("{}.go", self.0.display()), "go").unwrap();
+    }
+}
+
+pub fn volsnap_entries_in(volume: &Path) -> Vec<String> {
+    std::fs::read_dir(volume)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| {
+                    n.to_ascii_lowercase().contains("volsnap")
+                        && !APP_FILES_NAMED_LIKE_VOLSNAP.contains(&n.as_str())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn write_tree(dir: &Path, seed: u64, scale: usize) {
     std::fs::create_dir_all(dir.join("sub/deeper")).unwrap();
     std::fs::create_dir_all(dir.join("empty")).unwrap();
@@ -498,14 +642,19 @@ pub fn write_tree(dir: &Path, seed: u64, scale: usize) {
         std::fs::write(dir.join(name), bytes(1024 * (i + 1) * scale)).unwrap();
     }
     std::fs::write(dir.join(format!("only-{seed}")), format!("seed {seed}\n")).unwrap();
+    // An app's own files named like every name volsnap uses (or once used) elsewhere:
+    // capture and restore must carry them like any other file.
+    for name in APP_FILES_NAMED_LIKE_VOLSNAP {
+        std::fs::write(dir.join(name), format!("app file {name}, seed {seed}\n")).unwrap();
+    }
     std::fs::set_permissions(dir.join("d"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let _ = std::fs::remove_file(dir.join("link"));
     std::os::unix::fs::symlink("sub/b.bin", dir.join("link")).unwrap();
 }
 
 /// A hash of a directory tree: names, types, modes, file contents and mtimes, symlink
-/// targets. The root directory's own metadata is left out; a leftover
-/// `.volsnap-marker` (or any other entry) changes the hash.
+/// targets. The root directory's own metadata is left out; any leftover entry changes
+/// the hash.
 pub fn tree_hash(dir: &Path) -> String {
     tree_hash_except(dir, None)
 }

@@ -1,3 +1,4 @@
 //! End-to-end test support.
 
+pub mod chaos;
 pub mod engine;

@@ -95,18 +95,30 @@ async fn capture_change_restore_round_trip(
     );
     let restored_hash: Vec<String> = vols.iter().map(|v| tree_hash(&env.host_path(v))).collect();
     assert_eq!(restored_hash, captured_hash);
+    // No staging left; the old data is kept as a directory next to each volume (one
+    // keep record), for undo.
     assert!(
-        env.side_dirs(&vols).is_empty(),
+        env.stray_side_dirs(&vols).is_empty(),
         "{:?}",
-        env.side_dirs(&vols)
+        env.stray_side_dirs(&vols)
     );
+    assert_eq!(env.kept_records().len(), 1, "{:?}", env.kept_records());
+    let kept = env.kept_dirs(&vols);
+    assert_eq!(kept.len(), vols.len(), "{kept:?}");
+    for (i, v) in vols.iter().enumerate() {
+        let parent = env.host_path(v).parent().unwrap().to_path_buf();
+        let d = kept
+            .iter()
+            .find(|d| d.parent() == Some(parent.as_path()))
+            .unwrap();
+        assert_eq!(tree_hash(d), changed_hash[i], "kept copy of {}", v.target);
+    }
     assert!(env.journals().is_empty());
     assert_eq!(r.progress_done, r.progress_total);
 
-    // The old data was archived as a ready pre-restore snapshot linked from the job.
-    let pre = r
-        .pre_restore_snapshot_id
-        .expect("pre-restore snapshot linked");
+    // The old data is archived in the background (its own job) as a ready pre-restore
+    // snapshot linked from the job.
+    let pre = env.wait_pre_restore(rjob, Duration::from_secs(60)).await;
     let (kind, state, rel): (String, String, String) =
         sqlx::query_as("SELECT kind, state, archive_path FROM snapshots WHERE id = $1")
             .bind(pre)

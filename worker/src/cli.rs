@@ -51,6 +51,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let common = &args.common;
+    // Refuse a bad node name or root before anything is touched.
+    let node = common.checked_node()?;
+    let roots = common.node_roots()?;
     let queue_cfg = args.queue_config();
     let pool = volsnap_shared::database::connect(
         common.database_url.as_deref(),
@@ -59,9 +62,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     )
     .await?;
     volsnap_shared::database::ensure_migrated(&pool).await?;
+    publish_roots(&pool, &node, &roots).await?;
     let engine = Engine::new(pool.clone(), args.engine_config(queue_cfg.node.clone()))
         .await
         .context("starting the engine")?;
+    let engine = Arc::new(engine);
+    engine.spawn_keep_loop();
 
     let shutdown = CancellationToken::new();
     if let Some(addr) = args.metrics_addr {
@@ -88,7 +94,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
-    volsnap_shared::queue::worker::run(pool, queue_cfg, Arc::new(engine), shutdown).await
+    volsnap_shared::queue::worker::run(pool, queue_cfg, engine, shutdown).await
+}
+
+/// Publish this node's roots so the API applies the same volume rules at registration.
+async fn publish_roots(
+    pool: &sqlx::PgPool,
+    node: &str,
+    roots: &volsnap_shared::volume::NodeRoots,
+) -> anyhow::Result<()> {
+    let previous = volsnap_shared::db::nodes::publish_roots(pool, node, roots)
+        .await
+        .context("publishing the node's roots")?;
+    if previous.as_ref().is_some_and(|p| p != roots) {
+        tracing::warn!(?previous, current = ?roots,
+            "this node's roots differ from those another worker of the node published; \
+             the API now applies these");
+    }
+    tracing::info!(volumes_root = %roots.volumes_root.display(),
+        absolute_roots = ?roots.absolute_roots, "published the node's roots");
+    Ok(())
 }
 
 /// `snapshot verify FILE`: every rule, nothing written. Exit 0 with a summary, or 1
@@ -130,6 +155,11 @@ async fn import(workload: &str, file: &Path, common: &CommonArgs) -> anyhow::Res
     })
     .await?
     .map_err(|f| anyhow::anyhow!("{}: {}", f.code, f.message))?;
+    anyhow::ensure!(
+        summary.manifest.workload_id.parse::<WorkloadId>().ok() == Some(wid),
+        "the archive is a snapshot of workload {:?}, not of --workload {wid}; nothing was imported",
+        summary.manifest.workload_id
+    );
     let pool =
         volsnap_shared::database::connect(common.database_url.as_deref(), &common.state_dir, 2)
             .await?;
@@ -137,7 +167,7 @@ async fn import(workload: &str, file: &Path, common: &CommonArgs) -> anyhow::Res
     let w = store::workload(&pool, wid)
         .await?
         .with_context(|| format!("workload {wid} not found"))?;
-    let node = common.node();
+    let node = common.checked_node()?;
     anyhow::ensure!(
         w.node == node,
         "workload {wid} lives on node {:?}; import the archive on that node (this is {node:?})",
@@ -179,10 +209,14 @@ async fn import(workload: &str, file: &Path, common: &CommonArgs) -> anyhow::Res
 }
 
 /// Copy `src` to `dest` through `<dest>.partial` (fsynced, renamed, dir fsynced),
-/// returning the size and sha256 of what was copied.
+/// returning the size and sha256 of what was copied. A newly made workload directory
+/// is made durable too (its parent, the snapshot dir, is fsynced).
 fn copy_durably(src: &Path, dest: &Path) -> io::Result<(u64, String)> {
     let dir = fsops::parent(dest);
-    std::fs::create_dir_all(dir)?;
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir)?;
+        fsops::fsync_dir(fsops::parent(dir))?;
+    }
     let mut partial = dest.as_os_str().to_owned();
     partial.push(".partial");
     let partial = std::path::PathBuf::from(partial);

@@ -1,6 +1,8 @@
 //! Named crash points for crash tests. With the cargo feature `failpoints`,
 //! `VOLSNAP_CRASH_AT=<point>` aborts the process (no unwinding, no cleanup — like a
-//! power cut for the process) when execution reaches that point. Without the feature
+//! power cut for the process) when execution reaches that point, and
+//! `VOLSNAP_PAUSE_AT=<point>` (with `VOLSNAP_PAUSE_FILE`) holds it there until the test
+//! lets it go. Without the feature
 //! the macro compiles to nothing.
 
 /// Every point, in execution order. `volsnap-worker failpoints` prints this list;
@@ -15,24 +17,36 @@ pub const POINTS: &[&str] = &[
     "restore.stop.first",
     "restore.stopped",
     "restore.journal.swapping",
-    "restore.marked",
     "swap.parked",
     "swap.placed",
     "restore.swap.first",
     "restore.swapped",
     "restore.journal.committed",
     // restore, after the commit point (roll forward)
-    "restore.markers_cleared",
+    "restore.swap.checked",
     "restore.start.first",
     "restore.started",
     "restore.journal.redeployed",
-    "restore.journal.archiving",
-    "restore.archive.row",
-    "restore.archive.written",
-    "restore.archive.ready",
-    "restore.journal.archived",
-    "restore.backups_removed",
+    "restore.kept",
     "journal.closed",
+    // the background archive of a kept pre-restore copy (its own job)
+    "archive.row",
+    "archive.written",
+    "archive.ready",
+    "archive.linked",
+    "archive.recorded",
+    // removal of a kept copy past its retention (maintenance)
+    "keep.trashed",
+    "keep.removed",
+    // undo by directory (quiesce, swap and redeploy are the restore's steps)
+    "undo.journal.quiescing",
+    "undo.stopped",
+    "undo.journal.swapping",
+    "undo.swapped",
+    "undo.journal.committed",
+    "undo.started",
+    "undo.kept",
+    "undo.released",
     // capture
     "capture.journal",
     "capture.stopped",
@@ -65,5 +79,25 @@ pub fn hit(name: &str) {
     if std::env::var("VOLSNAP_CRASH_AT").is_ok_and(|v| v == name) {
         eprintln!("volsnap: VOLSNAP_CRASH_AT={name}: aborting");
         std::process::abort();
+    }
+    if std::env::var("VOLSNAP_PAUSE_AT").is_ok_and(|v| v == name) {
+        pause(name);
+    }
+}
+
+/// `VOLSNAP_PAUSE_AT=<point>` with `VOLSNAP_PAUSE_FILE=<path>`: at that point, create
+/// `<path>.reached` and block until `<path>.go` exists (at most 5 minutes). Tests use it
+/// to change the world between two steps (e.g. swap a directory for a symlink).
+#[cfg(feature = "failpoints")]
+fn pause(name: &str) {
+    let Ok(base) = std::env::var("VOLSNAP_PAUSE_FILE") else {
+        return;
+    };
+    eprintln!("volsnap: VOLSNAP_PAUSE_AT={name}: waiting for {base}.go");
+    let _ = std::fs::write(format!("{base}.reached"), name);
+    let go = std::path::PathBuf::from(format!("{base}.go"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !go.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

@@ -90,11 +90,13 @@ pub fn workload_body(name: &str, node: &str, kind: SourceKind) -> Value {
         "node": node,
         "source_kind": kind,
         "image": if kind == SourceKind::Image { Some("registry.local/shop:1") } else { None },
-        "volumes": [{"scope": "stage", "source": "data", "target": "/var/lib/app"}],
+        // One directory per workload: two workloads of a node may not share one.
+        "volumes": [{"scope": "stage", "source": format!("data/{name}"), "target": "/var/lib/app"}],
     })
 }
 
-/// The fields of a fixture workload: project `shop`, stage `prod`, one stage volume.
+/// The fields of a fixture workload: project `shop`, stage `prod`, one stage volume
+/// (`data/<name>`, so fixtures of one node never overlap).
 pub fn workload_fields(name: &str, node: &str, kind: SourceKind) -> db::workloads::WorkloadFields {
     db::workloads::WorkloadFields {
         name: name.into(),
@@ -105,7 +107,7 @@ pub fn workload_fields(name: &str, node: &str, kind: SourceKind) -> db::workload
         image: (kind == SourceKind::Image).then(|| "img:1".to_owned()),
         volumes: vec![VolumeSpec {
             scope: VolumeScope::Stage,
-            source: "data".into(),
+            source: format!("data/{name}"),
             target: "/var/lib/app".into(),
         }],
         stop_for_capture: false,

@@ -8,6 +8,7 @@ mod auth;
 mod batch;
 mod cli;
 mod concurrency;
+mod containment;
 mod jobs;
 mod ops;
 mod restore_matrix;

@@ -276,6 +276,11 @@ where
     }
 }
 
+/// What the restore dialog asks to be typed: `project/stage/name`.
+pub fn full_name(w: &volsnap_shared::domain::Workload) -> String {
+    format!("{}/{}/{}", w.project, w.stage, w.name)
+}
+
 /// The names of [`Ui`]'s two tokens: not their roles' words, so a page that shows the
 /// role where the name belongs (or the other way round) is caught.
 pub const ADMIN_NAME: &str = "ops-admin";

@@ -47,7 +47,7 @@ async fn cancel_from_the_list_and_from_the_job_page(pool: PgPool) {
     })
     .await;
     ui.wait_row_state(&restore, "cancelled").await;
-    ui.wait_text("#notice", &[&restore, "cancelled"]).await;
+    ui.wait_text("#jobs-notice", &[&restore, "cancelled"]).await;
     assert_eq!(
         ui.js_with(
             "return document.querySelectorAll(`#jobs-table tr[data-job-id=\"${arguments[0]}\"] button.cancel`).length",

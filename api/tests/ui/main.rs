@@ -12,6 +12,7 @@
 mod common;
 mod harness;
 
+mod console;
 mod jobs;
 mod restore;
 mod session;

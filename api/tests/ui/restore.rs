@@ -96,7 +96,7 @@ async fn restore_needs_the_typed_name_and_its_row_follows_the_job_live(pool: PgP
     open_dialog(&ui, &w, sid).await;
     let input = ui.find("#restore-confirm").await;
     assert_eq!(input.prop("value").await.unwrap().as_deref(), Some(""));
-    input.send_keys(&w.name).await.unwrap();
+    input.send_keys(&full_name(&w)).await.unwrap();
     let submit = ui.find("#restore-submit").await;
     assert!(submit.is_enabled().await.unwrap());
     submit.click().await.unwrap();
@@ -112,7 +112,7 @@ async fn restore_needs_the_typed_name_and_its_row_follows_the_job_live(pool: PgP
         (state.as_str(), kind.as_str(), by.as_deref()),
         ("queued", "restore", Some(ADMIN_NAME))
     );
-    ui.wait_text("#notice", &[&job, "queued"]).await;
+    ui.wait_text("#snapshots-notice", &[&job, "queued"]).await;
     ui.wait_row_state(&job, "queued").await;
 
     // A worker would now claim and finish it: the row follows without a reload.
@@ -141,12 +141,11 @@ async fn the_apis_400_and_409_are_shown_in_the_dialog(pool: PgPool) {
     let w = workload_row(&pool, "node-a", SourceKind::Image).await;
     let sid = ready_snapshot(&pool, &w).await;
     let elsewhere = snapshot_row(&pool, w.id, "node-b", SnapshotState::Ready).await;
-    let active = ui.restore_via_api(w.id, sid).await;
     ui.sign_in_ok(&ui.admin).await;
 
     // A 400 with its reason.
     open_dialog(&ui, &w, elsewhere).await;
-    confirm_and_submit(&ui, &w.name).await;
+    confirm_and_submit(&ui, &full_name(&w)).await;
     let shown = ui
         .wait_text("#restore-error", &["400 snapshot_on_other_node"])
         .await;
@@ -160,8 +159,10 @@ async fn the_apis_400_and_409_are_shown_in_the_dialog(pool: PgPool) {
     );
     ui.click("#restore-cancel").await;
 
-    // A second restore while the first is active: 409 naming it.
+    // A restore made elsewhere while the dialog is open (the page shows a busy workload
+    // without restore buttons, so only a race gets here): 409 naming it.
     click_restore(&ui, sid).await;
+    let active = ui.restore_via_api(w.id, sid).await;
     assert!(
         !ui.find("#restore-error")
             .await
@@ -170,7 +171,7 @@ async fn the_apis_400_and_409_are_shown_in_the_dialog(pool: PgPool) {
             .unwrap(),
         "an old error is shown"
     );
-    confirm_and_submit(&ui, &w.name).await;
+    confirm_and_submit(&ui, &full_name(&w)).await;
     let shown = ui
         .wait_text("#restore-error", &["409 active_job", &active])
         .await;
@@ -242,7 +243,7 @@ async fn a_viewer_cannot_restore_or_cancel(pool: PgPool) {
     click_restore(&ui, sid2).await;
     ui.find("#restore-confirm")
         .await
-        .send_keys(&w2.name)
+        .send_keys(&full_name(&w2))
         .await
         .unwrap();
     ui.click("#restore-submit").await;

@@ -105,7 +105,7 @@ async fn admin_sees_workloads_snapshots_and_jobs(pool: PgPool) {
         .wait_text("#workloads-table tbody", &[&w.name, &other.name])
         .await;
     assert!(
-        names.contains("shop / prod") && names.contains("node-b"),
+        names.contains("shop/prod/") && names.contains("node-b"),
         "{names}"
     );
 
@@ -140,7 +140,7 @@ async fn admin_sees_workloads_snapshots_and_jobs(pool: PgPool) {
     assert!(restore.is_enabled().await.unwrap());
     ui.wait_text(
         &format!("#snapshots-table tr[data-snapshot-id=\"{sid}\"]"),
-        &[&sid.to_string()[28..], "manual", "ready", "1.2 KiB"],
+        &[&sid.to_string()[28..], "manual", "ready", "1.2 kB"],
     )
     .await;
 

@@ -67,7 +67,7 @@ async fn hostile_names_render_as_text(pool: PgPool) {
     assert_eq!(ui.text("#whoami-name").await, TOKEN_NAME);
     let row = format!("#workloads-table tr[data-workload-id=\"{}\"]", w.id);
     ui.visible(&row).await;
-    assert_eq!(ui.text(&format!("{row} td.name")).await, NAME);
+    assert_eq!(ui.text(&format!("{row} td.name")).await, full_name(&w));
     let cells = ui.text(&row).await;
     assert!(cells.contains(NODE) && cells.contains(IMAGE), "{cells}");
     let failed = ui.wait_text("#jobs-table tbody", &[NAME, ERROR]).await;
@@ -81,15 +81,19 @@ async fn hostile_names_render_as_text(pool: PgPool) {
         "#snapshots-table tr[data-snapshot-id=\"{sid}\"] button.restore"
     ))
     .await;
-    assert_eq!(ui.text("#restore-workload").await, NAME);
-    assert_eq!(ui.text("#restore-expected").await, NAME);
+    assert_eq!(ui.text("#restore-workload").await, full_name(&w));
+    assert!(
+        ui.text("#restore-expected")
+            .await
+            .ends_with(&format!("/{NAME}"))
+    );
     ui.find("#restore-confirm")
         .await
-        .send_keys(NAME)
+        .send_keys(&full_name(&w))
         .await
         .unwrap();
     ui.click("#restore-submit").await;
-    let notice = ui.wait_text("#notice", &[NAME, "queued"]).await;
+    let notice = ui.wait_text("#snapshots-notice", &[NAME, "queued"]).await;
     assert!(notice.contains(NAME));
     let job: String =
         sqlx::query_scalar("SELECT id::text FROM jobs WHERE workload_id = $1 AND state = 'queued'")
@@ -103,7 +107,11 @@ async fn hostile_names_render_as_text(pool: PgPool) {
         .await;
     ui.wait_text("dd[data-field=requested-by]", &[TOKEN_NAME])
         .await;
-    assert!(ui.text("dd[data-field=workload]").await.starts_with(NAME));
+    assert!(
+        ui.text("dd[data-field=workload]")
+            .await
+            .contains(&full_name(&w))
+    );
     assert_eq!(ui.text("dd[data-field=node]").await, NODE);
     nothing_ran(&ui).await;
 }

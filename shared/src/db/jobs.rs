@@ -54,13 +54,15 @@ pub async fn list(pool: &PgPool, f: &JobFilter) -> Result<Page<Job>, sqlx::Error
     }))
 }
 
-/// The workload's queued or running job, if any (there is at most one).
+/// The workload's queued or running capture or restore, if any (there is at most one;
+/// plans are outside single-flight and not counted).
 pub async fn active_for_workload<'e>(
     exec: impl PgExecutor<'e>,
     workload: WorkloadId,
 ) -> Result<Option<JobId>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE workload_id = $1 AND state IN ('queued', 'running')",
+        "SELECT id FROM jobs WHERE workload_id = $1 AND state IN ('queued', 'running') \
+         AND kind <> 'plan'",
     )
     .bind(workload)
     .fetch_optional(exec)
@@ -78,6 +80,80 @@ pub async fn active_referencing_snapshot<'e>(
          AND state IN ('queued', 'running') LIMIT 1",
     )
     .bind(snapshot)
+    .fetch_optional(exec)
+    .await
+}
+
+/// The workload's default for verifying restores (`workloads.verify_restores`);
+/// `None` for an unknown workload.
+pub async fn workload_verifies_restores<'e>(
+    exec: impl PgExecutor<'e>,
+    workload: WorkloadId,
+) -> Result<Option<bool>, sqlx::Error> {
+    sqlx::query_scalar("SELECT verify_restores FROM workloads WHERE id = $1")
+        .bind(workload)
+        .fetch_optional(exec)
+        .await
+}
+
+/// The job a job works for: the restore (or undo) an undo reverts, the job whose kept
+/// pre-restore copy an archive job archives.
+pub async fn source_of<'e>(
+    exec: impl PgExecutor<'e>,
+    job: JobId,
+) -> Result<Option<JobId>, sqlx::Error> {
+    sqlx::query_scalar("SELECT source_job_id FROM job_sources WHERE job_id = $1")
+        .bind(job)
+        .fetch_optional(exec)
+        .await
+}
+
+/// Set a workload's default for verifying restores. False: no such workload.
+pub async fn set_workload_verifies_restores<'e>(
+    exec: impl PgExecutor<'e>,
+    workload: WorkloadId,
+    verify: bool,
+) -> Result<bool, sqlx::Error> {
+    Ok(
+        sqlx::query("UPDATE workloads SET verify_restores = $2 WHERE id = $1")
+            .bind(workload)
+            .bind(verify)
+            .execute(exec)
+            .await?
+            .rows_affected()
+            == 1,
+    )
+}
+
+/// Record the job a new job works for (in the enqueueing transaction).
+pub async fn set_source<'e>(
+    exec: impl PgExecutor<'e>,
+    job: JobId,
+    source: JobId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO job_sources (job_id, source_job_id) VALUES ($1, $2)")
+        .bind(job)
+        .bind(source)
+        .execute(exec)
+        .await?;
+    Ok(())
+}
+
+/// A restore or undo of the workload that succeeded after `job` was created: `job` is
+/// then not the workload's latest change, and undoing it would discard that one.
+pub async fn later_change<'e>(
+    exec: impl PgExecutor<'e>,
+    workload: WorkloadId,
+    job: JobId,
+) -> Result<Option<JobId>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE workload_id = $1 AND id <> $2 \
+           AND kind IN ('restore', 'undo') AND state = 'succeeded' \
+           AND created_at > (SELECT created_at FROM jobs WHERE id = $2) \
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(workload)
+    .bind(job)
     .fetch_optional(exec)
     .await
 }

@@ -10,7 +10,9 @@
 //! job that a concurrent restore just committed).
 
 pub mod batches;
+pub mod console;
 pub mod jobs;
+pub mod nodes;
 pub mod schema;
 pub mod snapshots;
 pub mod tokens;

@@ -1,5 +1,8 @@
-//! Workload rows. Validation of names, scopes and paths happens in the API before a
-//! [`WorkloadFields`] reaches here; the table's CHECK constraints are the last line.
+//! Workload rows. Validation of names and the lexical volume rules happens in the API
+//! before a [`WorkloadFields`] reaches here; writes then apply the volume rules with the
+//! node's published roots and refuse overlaps with the node's other workloads, under a
+//! per-node lock ([`super::nodes::lock_for_workload_write`]). The table's CHECK
+//! constraints are the last line.
 
 use std::sync::LazyLock;
 
@@ -7,6 +10,7 @@ use sqlx::{AssertSqlSafe, PgConnection, PgExecutor, PgPool};
 
 use crate::domain::{SourceKind, VolumeSpec, Workload};
 use crate::ids::{JobId, WorkloadId};
+use crate::volume::{self, Overlap, VolumeRefusal};
 
 const COLUMNS: &str = "id, name, project, stage, node, source_kind, image, volumes, \
     stop_for_capture, created_at, updated_at";
@@ -39,8 +43,65 @@ pub enum WorkloadWriteError {
     /// Deleting would drop snapshot rows whose archive files still exist on a node.
     #[error("workload still has {0} snapshot(s) with files on disk")]
     HasSnapshots(i64),
+    /// A volume breaks a rule given the node's published roots.
+    #[error(transparent)]
+    Volume(VolumeRefusal),
+    /// A volume overlaps a volume of another workload of the same node.
+    #[error(transparent)]
+    Overlap(Overlap),
     #[error("database error")]
     Db(#[from] sqlx::Error),
+}
+
+/// Every workload of `node` except `except`.
+pub async fn others_on_node<'e>(
+    exec: impl PgExecutor<'e>,
+    node: &str,
+    except: Option<WorkloadId>,
+) -> Result<Vec<Workload>, sqlx::Error> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {COLUMNS} FROM workloads WHERE node = $1 AND ($2::uuid IS NULL OR id <> $2) \
+             ORDER BY id"
+        )
+    });
+    sqlx::query_as::<_, Workload>(AssertSqlSafe(SQL.as_str()))
+        .bind(node)
+        .bind(except)
+        .fetch_all(exec)
+        .await
+}
+
+/// Apply the volume rules of `f` with its node's published roots; returns the volumes
+/// and the roots. Takes the node's write lock for the rest of the transaction.
+async fn rules_on_node(
+    conn: &mut PgConnection,
+    f: &WorkloadFields,
+) -> Result<(Vec<volume::Volume>, Option<volume::NodeRoots>), WorkloadWriteError> {
+    super::nodes::lock_for_workload_write(conn, &f.node).await?;
+    let roots = super::nodes::roots(&mut *conn, &f.node).await?;
+    let vols = volume::check_config(&f.project, &f.stage, &f.volumes, roots.as_ref())
+        .map_err(WorkloadWriteError::Volume)?;
+    Ok((vols, roots))
+}
+
+/// Refuse volumes of workload `id` (just written, not yet committed) that overlap
+/// volumes of another workload of its node. Checked after the write so that a taken
+/// name is reported as such first.
+async fn refuse_overlaps_on_node(
+    conn: &mut PgConnection,
+    f: &WorkloadFields,
+    id: WorkloadId,
+    vols: &[volume::Volume],
+    roots: Option<&volume::NodeRoots>,
+) -> Result<(), WorkloadWriteError> {
+    let vroot = roots.map(|r| r.volumes_root.as_path());
+    let mine = volume::overlap_keys(&f.project, &f.stage, vols, vroot);
+    let others = others_on_node(&mut *conn, &f.node, Some(id)).await?;
+    match volume::find_overlap(&mine, &others, vroot) {
+        Some(o) => Err(WorkloadWriteError::Overlap(o)),
+        None => Ok(()),
+    }
 }
 
 fn map_write(err: sqlx::Error) -> WorkloadWriteError {
@@ -51,6 +112,10 @@ fn map_write(err: sqlx::Error) -> WorkloadWriteError {
     }
 }
 
+fn normal_form(vols: &[volume::Volume]) -> Vec<VolumeSpec> {
+    vols.iter().map(volume::Volume::to_spec).collect()
+}
+
 pub async fn insert(pool: &PgPool, f: &WorkloadFields) -> Result<Workload, WorkloadWriteError> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
@@ -58,7 +123,10 @@ pub async fn insert(pool: &PgPool, f: &WorkloadFields) -> Result<Workload, Workl
              stop_for_capture) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
         )
     });
-    sqlx::query_as::<_, Workload>(AssertSqlSafe(SQL.as_str()))
+    let mut tx = pool.begin().await?;
+    let (vols, roots) = rules_on_node(&mut tx, f).await?;
+    let volumes = normal_form(&vols);
+    let w = sqlx::query_as::<_, Workload>(AssertSqlSafe(SQL.as_str()))
         .bind(WorkloadId::new())
         .bind(&f.name)
         .bind(&f.project)
@@ -66,11 +134,14 @@ pub async fn insert(pool: &PgPool, f: &WorkloadFields) -> Result<Workload, Workl
         .bind(&f.node)
         .bind(f.source_kind)
         .bind(&f.image)
-        .bind(sqlx::types::Json(&f.volumes))
+        .bind(sqlx::types::Json(&volumes))
         .bind(f.stop_for_capture)
-        .fetch_one(pool)
+        .fetch_one(&mut *tx)
         .await
-        .map_err(map_write)
+        .map_err(map_write)?;
+    refuse_overlaps_on_node(&mut tx, f, w.id, &vols, roots.as_ref()).await?;
+    tx.commit().await?;
+    Ok(w)
 }
 
 pub async fn get<'e>(
@@ -143,7 +214,8 @@ pub async fn list(
 }
 
 /// Replace a workload's fields. Moving it to another node is refused while it has an
-/// active job (the job was routed to the old node).
+/// active job (the job was routed to the old node). The volume rules and the overlap
+/// check apply as for [`insert`].
 pub async fn update(
     pool: &PgPool,
     id: WorkloadId,
@@ -169,6 +241,8 @@ pub async fn update(
     {
         return Err(WorkloadWriteError::ActiveJob(job));
     }
+    let (vols, roots) = rules_on_node(&mut tx, f).await?;
+    let volumes = normal_form(&vols);
     let updated = sqlx::query_as::<_, Workload>(AssertSqlSafe(SQL.as_str()))
         .bind(id)
         .bind(&f.name)
@@ -177,11 +251,12 @@ pub async fn update(
         .bind(&f.node)
         .bind(f.source_kind)
         .bind(&f.image)
-        .bind(sqlx::types::Json(&f.volumes))
+        .bind(sqlx::types::Json(&volumes))
         .bind(f.stop_for_capture)
         .fetch_one(&mut *tx)
         .await
         .map_err(map_write)?;
+    refuse_overlaps_on_node(&mut tx, f, id, &vols, roots.as_ref()).await?;
     tx.commit().await?;
     Ok(updated)
 }

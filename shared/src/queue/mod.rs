@@ -72,12 +72,48 @@ pub enum QueueError {
 ///
 /// Uses `ON CONFLICT DO NOTHING` against the single-flight index, so a conflict leaves
 /// the caller's transaction usable. A concurrent uncommitted enqueue for the same
-/// workload makes this wait for it, as the unique index does.
+/// workload makes this wait for it, as the unique index does. A `plan` job is outside
+/// single-flight (it changes nothing): it is always inserted.
 pub async fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Job, EnqueueError> {
+    enqueue_with(conn, job, &JobOptions::default()).await
+}
+
+/// Per-job options beyond [`NewJob`].
+#[derive(Debug, Clone, Default)]
+pub struct JobOptions {
+    /// A restore compares the restored volumes with the snapshot before it succeeds.
+    pub verify: bool,
+}
+
+/// [`enqueue`] with [`JobOptions`].
+pub async fn enqueue_with(
+    conn: &mut PgConnection,
+    job: &NewJob,
+    opts: &JobOptions,
+) -> Result<Job, EnqueueError> {
+    if job.kind == JobKind::Plan {
+        let sql = concat!(
+            "INSERT INTO jobs (id, kind, workload_id, snapshot_id, node, batch_id, requested_by, verify) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
+            crate::job_columns!(),
+            ""
+        );
+        return Ok(sqlx::query_as::<_, Job>(sql)
+            .bind(JobId::new())
+            .bind(job.kind)
+            .bind(job.workload_id)
+            .bind(job.snapshot_id)
+            .bind(&job.node)
+            .bind(job.batch_id)
+            .bind(&job.requested_by)
+            .bind(false)
+            .fetch_one(&mut *conn)
+            .await?);
+    }
     let sql = concat!(
-        "INSERT INTO jobs (id, kind, workload_id, snapshot_id, node, batch_id, requested_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         ON CONFLICT (workload_id) WHERE state IN ('queued', 'running') DO NOTHING \
+        "INSERT INTO jobs (id, kind, workload_id, snapshot_id, node, batch_id, requested_by, verify) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (workload_id) WHERE state IN ('queued', 'running') AND kind <> 'plan' DO NOTHING \
          RETURNING ",
         crate::job_columns!(),
         ""
@@ -92,13 +128,15 @@ pub async fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Job, Enque
             .bind(&job.node)
             .bind(job.batch_id)
             .bind(&job.requested_by)
+            .bind(opts.verify)
             .fetch_optional(&mut *conn)
             .await?;
         if let Some(j) = inserted {
             return Ok(j);
         }
         let active: Option<JobId> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE workload_id = $1 AND state IN ('queued', 'running')",
+            "SELECT id FROM jobs WHERE workload_id = $1 AND state IN ('queued', 'running') \
+             AND kind <> 'plan'",
         )
         .bind(job.workload_id)
         .fetch_optional(&mut *conn)
@@ -211,7 +249,8 @@ pub async fn cancel(pool: &PgPool, id: JobId) -> Result<CancelOutcome, sqlx::Err
 }
 
 /// Return running jobs whose heartbeat is older than `lease` to their node as
-/// `queued` + `recovering`. The attempt is not changed here; the next claim bumps it,
+/// `queued` + `recovering` (a `plan`, read-only and idempotent, as plainly `queued`:
+/// it has nothing to recover and is simply run again). The attempt is not changed here; the next claim bumps it,
 /// which fences the stale owner.
 pub async fn rescue_expired(pool: &PgPool, lease: Duration) -> Result<Vec<JobId>, sqlx::Error> {
     let ids: Vec<JobId> = sqlx::query_scalar(
@@ -219,8 +258,8 @@ pub async fn rescue_expired(pool: &PgPool, lease: Duration) -> Result<Vec<JobId>
         "WITH locked AS MATERIALIZED (SELECT id FROM jobs \
            WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => $1) \
            ORDER BY id FOR UPDATE) \
-         UPDATE jobs SET state = 'queued', recovering = true, worker_id = NULL, \
-         phase = 'awaiting recovery' FROM locked \
+         UPDATE jobs SET state = 'queued', recovering = (kind <> 'plan'), worker_id = NULL, \
+         phase = CASE WHEN kind = 'plan' THEN 'queued' ELSE 'awaiting recovery' END FROM locked \
          WHERE jobs.id = locked.id AND state = 'running' \
            AND heartbeat_at < now() - make_interval(secs => $1) \
          RETURNING jobs.id",

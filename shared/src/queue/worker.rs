@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::events::{INSERT_CHANNEL, spawn_listener};
 use super::locks::Locks;
 use super::{ADVISORY_LOCK_CLASS, QueueError, stats, workload_lock_key};
-use crate::domain::{Job, JobState};
+use crate::domain::{Job, JobKind, JobState};
 use crate::ids::{JobId, SnapshotId};
 
 /// How a worker behaves. Defaults suit production; tests shorten the intervals.
@@ -47,6 +47,9 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Finished jobs older than this are deleted (None: never).
     pub prune_after: Option<Duration>,
+    /// A job that changed nothing and failed for a transient cause is put back on the
+    /// queue at most this many times (see [`JobOutcome::Retry`]).
+    pub retry: RetryPolicy,
     /// What the runner reports about itself (for the worker's own metrics endpoint).
     pub status: Arc<WorkerStatus>,
 }
@@ -86,7 +89,28 @@ impl WorkerConfig {
             poll_interval: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(600),
             prune_after: Some(Duration::from_secs(30 * 24 * 3600)),
+            retry: RetryPolicy::default(),
             status: Arc::default(),
+        }
+    }
+}
+
+/// How a job that changed nothing and failed for a transient cause is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Put back at most this many times; the next such failure ends the job.
+    pub max_retries: u32,
+    /// Wait before the first retry; doubled for each further one, at most `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 5,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
         }
     }
 }
@@ -111,6 +135,13 @@ pub enum JobOutcome {
     Cancelled,
     /// Put back as plainly `queued` (e.g. graceful shutdown before any destructive step).
     Requeue,
+    /// The job changed nothing and failed for a transient cause (database unreachable or
+    /// restarting, lock connection gone, lease lost): put back as `queued` with a backoff
+    /// and `retries + 1`, or — its retries used up — failed with this code and message.
+    Retry {
+        code: String,
+        message: String,
+    },
     /// Put back as `queued` + `recovering`: the next claimer runs recovery first.
     RequeueForRecovery,
     /// The job is no longer ours (lease lost); leave the row alone.
@@ -120,6 +151,13 @@ pub enum JobOutcome {
 impl JobOutcome {
     pub fn failed(code: &str, message: impl Into<String>) -> Self {
         JobOutcome::Failed {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    pub fn retry(code: &str, message: impl Into<String>) -> Self {
+        JobOutcome::Retry {
             code: code.to_owned(),
             message: message.into(),
         }
@@ -155,9 +193,26 @@ pub struct JobContext {
     /// database has been unreachable for most of a lease.
     pub lease_lost: CancellationToken,
     last_progress: Mutex<Option<Instant>>,
+    retry: RetryPolicy,
+    /// Set once [`JobContext::enter_point_of_no_return`] succeeded in this run.
+    past_point_of_no_return: std::sync::atomic::AtomicBool,
+    /// The `job` span every log line of this run carries: job id, workload, kind,
+    /// attempt and the current phase (recorded by [`JobContext::set_phase`]).
+    span: tracing::Span,
 }
 
 impl JobContext {
+    /// Whether a [`JobOutcome::Retry`] now would put the job back on the queue (rather
+    /// than end it: its retries are used up).
+    pub fn retries_left(&self) -> bool {
+        u32::try_from(self.job.retries).is_ok_and(|r| r < self.retry.max_retries)
+    }
+
+    /// Whether this run entered its point of no return (a retry is refused from then on).
+    pub fn entered_point_of_no_return(&self) -> bool {
+        self.past_point_of_no_return.load(Ordering::SeqCst)
+    }
+
     pub fn id(&self) -> JobId {
         self.job.id
     }
@@ -186,6 +241,7 @@ impl JobContext {
 
     /// Record the current step (shown to clients).
     pub async fn set_phase(&self, phase: &str) -> Result<(), QueueError> {
+        self.span.record("phase", phase);
         self.fenced(
             "UPDATE jobs SET phase = $3 WHERE id = $1 AND attempt = $2 AND state = 'running'",
             |q| q.bind(phase.to_owned()),
@@ -220,6 +276,16 @@ impl JobContext {
         .await
     }
 
+    /// Store what the job found (`jobs.result`), fenced like every other update. Written
+    /// before the outcome, so a client that sees the job final sees its result.
+    pub async fn set_result(&self, result: &serde_json::Value) -> Result<(), QueueError> {
+        self.fenced(
+            "UPDATE jobs SET result = $3 WHERE id = $1 AND attempt = $2 AND state = 'running'",
+            |q| q.bind(result.clone()),
+        )
+        .await
+    }
+
     /// Atomically check that no cancel was requested and mark the job as past its
     /// point of no return; from here on a cancel request is refused.
     pub async fn enter_point_of_no_return(&self) -> Result<(), PointOfNoReturnError> {
@@ -234,6 +300,7 @@ impl JobContext {
         .await
         .map_err(QueueError::from)?;
         if row.is_some() {
+            self.past_point_of_no_return.store(true, Ordering::SeqCst);
             return Ok(());
         }
         if self.cancel_requested().await? {
@@ -298,6 +365,7 @@ struct RunningJob {
 /// What every job task of one runner uses.
 struct TaskShared<H> {
     pool: PgPool,
+    retry: RetryPolicy,
     handler: Arc<H>,
     running: Running,
     completer: Completer,
@@ -413,6 +481,7 @@ pub async fn run<H: JobHandler>(
     };
     let task_shared = Arc::new(TaskShared {
         pool: pool.clone(),
+        retry: cfg.retry,
         handler: handler.clone(),
         running: running.clone(),
         completer: completer.clone(),
@@ -425,6 +494,16 @@ pub async fn run<H: JobHandler>(
             shutdown: shutdown.clone(),
             lease_lost: CancellationToken::new(),
             last_progress: Mutex::new(None),
+            retry: cfg.retry,
+            past_point_of_no_return: Default::default(),
+            span: tracing::info_span!(
+                "job",
+                job_id = %job.id,
+                workload_id = %job.workload_id,
+                kind = %job.kind,
+                attempt = job.attempt,
+                phase = job.phase.as_str(),
+            ),
             job,
         };
         let shared = task_shared.clone();
@@ -529,14 +608,22 @@ pub async fn run<H: JobHandler>(
         }
     }
 
-    // Claims still in flight may have taken jobs: hand them back untouched.
-    while let Some((result, _permits, _)) = claims.next().await {
-        if let Ok(jobs) = result
-            && !jobs.is_empty()
-            && let Err(e) = release_unstarted(&pool, &jobs).await
-        {
-            tracing::warn!(error = %e, jobs = jobs.len(), "handing back jobs claimed during shutdown failed; the rescuer will return them");
+    // Claims still in flight may have taken jobs: hand them back untouched. With the
+    // database unreachable a claim would wait out the pool's acquire timeout; give up
+    // on it after a moment (a claim that did commit is rescued as an orphan later).
+    let handed_back = tokio::time::timeout(STOP_STEP, async {
+        while let Some((result, _permits, _)) = claims.next().await {
+            if let Ok(jobs) = result
+                && !jobs.is_empty()
+                && let Err(e) = release_unstarted(&pool, &jobs).await
+            {
+                tracing::warn!(error = %e, jobs = jobs.len(), "handing back jobs claimed during shutdown failed; the rescuer will return them");
+            }
         }
+    })
+    .await;
+    if handed_back.is_err() {
+        tracing::warn!("a claim in flight did not answer; any job it took is rescued as an orphan");
     }
     tracing::info!(
         running = tasks.len(),
@@ -551,20 +638,53 @@ pub async fn run<H: JobHandler>(
         tasks.abort_all();
     }
     bg_stop.cancel();
-    // The completer and lock tasks end when their last sender is gone.
+    // The completer and lock tasks end when their last sender is gone; the heartbeat
+    // and maintenance tasks on `bg_stop`, even while they wait for a connection. Each
+    // gets a moment, then is dropped: nothing they do is needed for a safe stop.
     drop(task_shared);
     drop(completer);
-    let _ = completer_task.await;
     drop(locks);
-    let _ = locks_task.await;
-    let _ = hb.await;
-    let _ = maint.await;
-    let _ = sqlx::query("UPDATE workers SET stopped_at = now() WHERE id = $1")
-        .bind(&cfg.worker_id)
-        .execute(&pool)
-        .await;
+    for (name, task) in [
+        ("completer", completer_task),
+        ("workload locks", locks_task),
+        ("heartbeat", hb),
+        ("maintenance", maint),
+    ] {
+        let abort = task.abort_handle();
+        if tokio::time::timeout(STOP_STEP, task).await.is_err() {
+            tracing::warn!(task = name, "background task did not stop in time; dropped");
+            abort.abort();
+        }
+    }
+    let stopped = tokio::time::timeout(
+        STOP_STEP,
+        sqlx::query("UPDATE workers SET stopped_at = now() WHERE id = $1")
+            .bind(&cfg.worker_id)
+            .execute(&pool),
+    )
+    .await;
+    if !matches!(stopped, Ok(Ok(_))) {
+        tracing::warn!(
+            "could not record the stop (database unreachable); the worker row will look stale"
+        );
+    }
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// How long each step of a stop after the drain may take (hand-back of claims in
+/// flight, each background task, the final `workers` update): an idle worker stops
+/// within about 2 s even when the database cannot be reached.
+const STOP_STEP: Duration = Duration::from_millis(400);
+
+/// Run `op` unless `stop` is cancelled first (a background task waiting for a pool
+/// connection must not hold up a stop by the pool's acquire timeout).
+async fn unless_stopped<T>(stop: &CancellationToken, op: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => None,
+        r = op => Some(r),
+    }
 }
 
 async fn register_worker(pool: &PgPool, cfg: &WorkerConfig) -> Result<(), sqlx::Error> {
@@ -592,6 +712,7 @@ async fn claim(
         "WITH next AS ( \
            SELECT j.id AS next_id FROM jobs j \
            WHERE j.state = 'queued' AND j.node = $1 AND NOT (j.id = ANY($3)) \
+             AND (j.run_after IS NULL OR j.run_after <= clock_timestamp()) \
              AND (j.batch_id IS NULL OR NOT EXISTS (SELECT 1 FROM batches b \
                   WHERE b.id = j.batch_id AND b.max_parallel IS NOT NULL)) \
            ORDER BY j.created_at, j.id LIMIT $2 FOR UPDATE SKIP LOCKED) \
@@ -633,7 +754,8 @@ async fn claim_from_limited_batch(
     let batch: Option<(crate::ids::BatchId, i32)> = sqlx::query_as(
         "SELECT b.id, b.max_parallel FROM batches b \
          WHERE b.max_parallel IS NOT NULL AND EXISTS (SELECT 1 FROM jobs j \
-           WHERE j.batch_id = b.id AND j.state = 'queued' AND j.node = $1 AND NOT (j.id = ANY($2))) \
+           WHERE j.batch_id = b.id AND j.state = 'queued' AND j.node = $1 AND NOT (j.id = ANY($2)) \
+             AND (j.run_after IS NULL OR j.run_after <= clock_timestamp())) \
          ORDER BY b.created_at FOR UPDATE OF b SKIP LOCKED LIMIT 1",
     )
     .bind(&cfg.node)
@@ -656,6 +778,7 @@ async fn claim_from_limited_batch(
         "WITH next AS ( \
            SELECT j.id AS next_id FROM jobs j \
            WHERE j.state = 'queued' AND j.node = $1 AND j.batch_id = $2 AND NOT (j.id = ANY($4)) \
+             AND (j.run_after IS NULL OR j.run_after <= clock_timestamp()) \
            ORDER BY j.created_at, j.id LIMIT $3 FOR UPDATE SKIP LOCKED) \
          UPDATE jobs SET state = 'running', attempt = attempt + 1, worker_id = $5, \
            started_at = coalesce(started_at, clock_timestamp()), heartbeat_at = clock_timestamp(), \
@@ -684,6 +807,7 @@ async fn run_one<H: JobHandler>(
 ) -> Result<bool, sqlx::Error> {
     let TaskShared {
         pool,
+        retry,
         handler,
         running,
         completer,
@@ -692,7 +816,29 @@ async fn run_one<H: JobHandler>(
     } = &*shared;
     let (id, attempt, batched) = (ctx.job.id, ctx.job.attempt, ctx.job.batch_id.is_some());
     let key = workload_lock_key(ctx.job.workload_id);
-    let locked = locks.try_lock(key, ctx.lease_lost.clone()).await?;
+    // A plan reads and changes nothing: it takes no workload lock, so it neither waits
+    // for nor holds up the workload's capture or restore (its liveness is its heartbeat,
+    // see `rescue_orphans_on_node`).
+    let takes_lock = ctx.job.kind != JobKind::Plan;
+    let locked = if !takes_lock {
+        true
+    } else {
+        match locks.try_lock(key, ctx.lease_lost.clone()).await {
+            Ok(l) => l,
+            Err(e) => {
+                // Nothing ran: put the job back (with a backoff) rather than leave it to the
+                // orphan check, which would queue it for recovery.
+                tracing::warn!(job_id = %id, error = %e, "taking the workload lock failed; job queued again");
+                let mut conn = pool.acquire().await?;
+                let outcome = JobOutcome::retry(
+                    crate::failure::DATABASE_UNAVAILABLE,
+                    "the workload lock could not be taken (database connection lost)",
+                );
+                apply_outcome(&mut conn, id, attempt, &outcome, retry).await?;
+                return Ok(false);
+            }
+        }
+    };
     if !locked {
         // Someone (a stalled predecessor still connected) holds the workload: hand the
         // job back untouched and let the rescuer sort the predecessor out.
@@ -711,7 +857,7 @@ async fn run_one<H: JobHandler>(
     status
         .running_jobs
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let span = tracing::info_span!("job", job_id = %id, kind = %ctx.job.kind, attempt);
+    let span = ctx.span.clone();
     let outcome = {
         use tracing::Instrument as _;
         AssertUnwindSafe(handler.run(ctx))
@@ -735,7 +881,7 @@ async fn run_one<H: JobHandler>(
     let applied = match completer.finish(id, attempt, batched, &outcome).await {
         Some(r) => r,
         None => match pool.acquire().await {
-            Ok(mut conn) => apply_outcome(&mut conn, id, attempt, &outcome).await,
+            Ok(mut conn) => apply_outcome(&mut conn, id, attempt, &outcome, retry).await,
             Err(e) => Err(e),
         },
     };
@@ -746,7 +892,7 @@ async fn run_one<H: JobHandler>(
     status
         .jobs_done
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if let Err(e) = locks.unlock(key).await {
+    if takes_lock && let Err(e) = locks.unlock(key).await {
         // The lock connection broke: the lock is gone with it (and its jobs were told).
         tracing::warn!(job_id = %id, error = %e, "releasing the workload lock failed");
     }
@@ -936,9 +1082,49 @@ async fn apply_outcome(
     id: JobId,
     attempt: i32,
     outcome: &JobOutcome,
+    retry: &RetryPolicy,
 ) -> Result<bool, sqlx::Error> {
+    let gave_up;
     let (state, phase, code, message) = match outcome {
         JobOutcome::Abandon => return Ok(false),
+        JobOutcome::Retry { code, message } => {
+            // Back to the queue, untouched, while retries are left. It changed nothing,
+            // so the point of no return and recovery flags are reset too.
+            let n = sqlx::query(
+                "UPDATE jobs SET state = 'queued', worker_id = NULL, recovering = false, \
+                 past_point_of_no_return = false, retries = retries + 1, \
+                 last_transient_error = $3, \
+                 run_after = clock_timestamp() + make_interval(secs => \
+                   least($4 * power(2, least(retries, 30)), $5)), \
+                 phase = 'queued: retry ' || (retries + 1) || ' after a transient fault' \
+                 WHERE id = $1 AND attempt = $2 AND state = 'running' AND retries < $6",
+            )
+            .bind(id)
+            .bind(attempt)
+            .bind(format!("{code}: {message}"))
+            .bind(retry.backoff.as_secs_f64())
+            .bind(retry.max_backoff.as_secs_f64())
+            .bind(i32::try_from(retry.max_retries).unwrap_or(i32::MAX))
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if n == 1 {
+                tracing::warn!(job_id = %id, %code, %message, "transient fault before any change: job queued again");
+                return Ok(true);
+            }
+            // Retries used up (or the job is no longer ours: the fenced update below
+            // then finds nothing either).
+            gave_up = format!(
+                "{message} (gave up after {} retries of transient faults)",
+                retry.max_retries
+            );
+            (
+                JobState::Failed,
+                "failed",
+                Some(code.as_str()),
+                Some(gave_up.as_str()),
+            )
+        }
         JobOutcome::Requeue | JobOutcome::RequeueForRecovery => {
             let recovering = *outcome == JobOutcome::RequeueForRecovery;
             let n = sqlx::query(
@@ -1085,7 +1271,7 @@ async fn heartbeat_loop(
             .collect();
         let ids: Vec<JobId> = snapshot.iter().map(|s| s.0).collect();
         let attempts: Vec<i32> = snapshot.iter().map(|s| s.1).collect();
-        let res: Result<Vec<JobId>, sqlx::Error> = async {
+        let Some(res) = unless_stopped(&stop, async {
             sqlx::query("UPDATE workers SET heartbeat_at = now() WHERE id = $1")
                 .bind(&cfg.worker_id)
                 .execute(&pool)
@@ -1094,8 +1280,11 @@ async fn heartbeat_loop(
                 return Ok(vec![]);
             }
             heartbeat_jobs(&pool, &ids, &attempts).await
-        }
-        .await;
+        })
+        .await
+        else {
+            return;
+        };
         match res {
             Ok(alive) => {
                 last_ok = Instant::now();
@@ -1149,24 +1338,29 @@ async fn maintenance_loop(
         }
         // Jobs of this node whose owner died (lock free, heartbeat stale) or that this
         // process let go of without an outcome: at once.
-        if let Err(e) = rescue_orphans_on_node(&pool, &cfg, Some(&in_hand)).await {
-            tracing::warn!(error = %e, "orphan check failed");
+        match unless_stopped(&stop, rescue_orphans_on_node(&pool, &cfg, Some(&in_hand))).await {
+            None => return,
+            Some(Err(e)) => tracing::warn!(error = %e, "orphan check failed"),
+            Some(Ok(_)) => {}
         }
         // Jobs of any node whose lease ran out (their owner may be alive but cut off).
         if last_rescue.elapsed() >= cfg.lease / 2 {
             last_rescue = Instant::now();
-            if let Err(e) = super::rescue_expired(&pool, cfg.lease).await {
-                tracing::warn!(error = %e, "rescue pass failed");
+            match unless_stopped(&stop, super::rescue_expired(&pool, cfg.lease)).await {
+                None => return,
+                Some(Err(e)) => tracing::warn!(error = %e, "rescue pass failed"),
+                Some(Ok(_)) => {}
             }
         }
         if let Some(age) = cfg.prune_after
             && last_prune.is_none_or(|t| t.elapsed() > Duration::from_secs(3600))
         {
             last_prune = Some(Instant::now());
-            match super::prune_finished(&pool, age).await {
-                Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned old finished jobs"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "pruning failed"),
+            match unless_stopped(&stop, super::prune_finished(&pool, age)).await {
+                None => return,
+                Some(Ok(n)) if n > 0 => tracing::info!(pruned = n, "pruned old finished jobs"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => tracing::warn!(error = %e, "pruning failed"),
             }
         }
     }
@@ -1189,8 +1383,8 @@ async fn rescue_orphans_on_node(
     let held: Vec<JobId> = in_hand.map_or_else(Vec::new, |h| {
         h.lock().expect("in-hand set").ids.iter().copied().collect()
     });
-    let candidates: Vec<(JobId, i32, crate::ids::WorkloadId, bool)> = sqlx::query_as(
-        "SELECT j.id, j.attempt, j.workload_id, j.worker_id = $3 FROM jobs j \
+    let candidates: Vec<(JobId, i32, crate::ids::WorkloadId, bool, bool)> = sqlx::query_as(
+        "SELECT j.id, j.attempt, j.workload_id, j.worker_id = $3, j.kind = 'plan' FROM jobs j \
          WHERE j.state = 'running' AND j.node = $1 \
            AND j.heartbeat_at < now() - make_interval(secs => $2) \
            AND CASE WHEN j.worker_id = $3 THEN NOT (j.id = ANY($4)) \
@@ -1204,7 +1398,26 @@ async fn rescue_orphans_on_node(
     .fetch_all(pool)
     .await?;
     let mut rescued = 0;
-    for (id, attempt, workload, ours) in candidates {
+    for (id, attempt, workload, ours, plan) in candidates {
+        if plan {
+            // A plan holds no workload lock: its owner is judged by the heartbeats alone
+            // (the query above). It is read-only and idempotent, so it is simply queued
+            // again; the claim bumps the attempt, which fences a stale owner's writes.
+            if ours && in_hand.is_none_or(|h| h.lock().expect("in-hand set").may_hold(id)) {
+                continue;
+            }
+            let n = sqlx::query(
+                "UPDATE jobs SET state = 'queued', worker_id = NULL, phase = 'queued' \
+                 WHERE id = $1 AND attempt = $2 AND state = 'running'",
+            )
+            .bind(id)
+            .bind(attempt)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            rescued += n as usize;
+            continue;
+        }
         let mut conn = pool.acquire().await?;
         // The lock is a session lock on a pooled connection: if anything below fails,
         // the connection is closed rather than returned to the pool still holding it.

@@ -117,6 +117,35 @@ struct Row {
     whole: f64,
     tar: f64,
     tar_sync: f64,
+    background: f64,
+    undo_down: f64,
+    undo_whole: f64,
+}
+
+/// Wait for the succeeded background archive job of `source`'s kept copy.
+async fn archive_done(
+    pool: &PgPool,
+    source: volsnap_shared::ids::JobId,
+) -> volsnap_shared::ids::JobId {
+    let t = Instant::now();
+    loop {
+        let id: Option<volsnap_shared::ids::JobId> = sqlx::query_scalar(
+            "SELECT s.job_id FROM job_sources s JOIN jobs j ON j.id = s.job_id \
+             WHERE s.source_job_id = $1 AND j.kind = 'pre_restore_archive' AND j.state = 'succeeded'",
+        )
+        .bind(source)
+        .fetch_optional(pool)
+        .await
+        .unwrap();
+        if let Some(id) = id {
+            return id;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(900),
+            "no archive of {source}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::main]
@@ -166,6 +195,7 @@ async fn main() {
         .await
         .unwrap();
     let mut rows = vec![];
+    let mut verified: Vec<(usize, f64, f64, f64, f64)> = vec![];
     let mut timelines = vec![];
     let mut containers = vec![];
     for mib in sizes {
@@ -219,6 +249,7 @@ async fn main() {
                 scope: "stage".into(),
                 source: v.source.clone(),
                 path: src.clone(),
+                root: None,
             }],
             &Default::default(),
             &mut |_, _| {},
@@ -266,7 +297,7 @@ async fn main() {
             if phases.last().is_none_or(|p| p.0 != j.phase) {
                 phases.push((j.phase.clone(), t0.elapsed().as_secs_f64()));
             }
-            if to_running.is_none() && (j.phase.starts_with("archiving") || j.state.is_final()) {
+            if to_running.is_none() && (j.phase.starts_with("keeping") || j.state.is_final()) {
                 to_running = Some(t0.elapsed().as_secs_f64());
             }
             if j.state.is_final() {
@@ -285,6 +316,87 @@ async fn main() {
         eprintln!("   phases: {}", timeline.join(", "));
         timelines.push(format!("{mib} MiB: {}", timeline.join(", ")));
 
+        // The pre-restore copy is archived by a background job of its own (issue 11);
+        // the workload is busy until it ends. Then undo it (by directory).
+        eprintln!("== {mib} MiB: background archive of the pre-restore copy");
+        let archive_job = archive_done(&pool, job).await;
+        let a = queue::get_job(&pool, archive_job).await.unwrap().unwrap();
+        let background =
+            (a.finished_at.unwrap() - a.started_at.unwrap()).num_milliseconds() as f64 / 1000.0;
+        eprintln!("== {mib} MiB: undo (by directory)");
+        let before_undo = downtime_sum(&pool).await;
+        let mut conn = pool.acquire().await.unwrap();
+        let undo = queue::enqueue(
+            &mut conn,
+            &NewJob {
+                kind: JobKind::Undo,
+                workload_id: w,
+                snapshot_id: None,
+                node: NODE.into(),
+                batch_id: None,
+                requested_by: None,
+            },
+        )
+        .await
+        .unwrap()
+        .id;
+        volsnap_shared::db::jobs::set_source(&mut *conn, undo, job)
+            .await
+            .unwrap();
+        drop(conn);
+        let undo_whole = loop {
+            let j = queue::get_job(&pool, undo).await.unwrap().unwrap();
+            if j.state.is_final() {
+                assert_eq!(
+                    j.state,
+                    volsnap_shared::domain::JobState::Succeeded,
+                    "{j:?}"
+                );
+                break (j.finished_at.unwrap() - j.started_at.unwrap()).num_milliseconds() as f64
+                    / 1000.0;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let undo_down = downtime_sum(&pool).await - before_undo;
+        // Its own kept copy is archived too; let it finish before the next timings.
+        archive_done(&pool, undo).await;
+
+        eprintln!("== {mib} MiB: the same restore, verified");
+        let before_v = downtime_sum(&pool).await;
+        let mut conn = pool.acquire().await.unwrap();
+        let vjob = queue::enqueue_with(
+            &mut conn,
+            &NewJob {
+                kind: JobKind::Restore,
+                workload_id: w,
+                snapshot_id: Some(sid),
+                node: NODE.into(),
+                batch_id: None,
+                requested_by: None,
+            },
+            &queue::JobOptions { verify: true },
+        )
+        .await
+        .unwrap()
+        .id;
+        drop(conn);
+        let verified_whole = loop {
+            let j = queue::get_job(&pool, vjob).await.unwrap().unwrap();
+            if j.state.is_final() {
+                assert_eq!(
+                    j.state,
+                    volsnap_shared::domain::JobState::Succeeded,
+                    "{j:?}"
+                );
+                break (j.finished_at.unwrap() - j.started_at.unwrap()).num_milliseconds() as f64
+                    / 1000.0;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let verified_down = downtime_sum(&pool).await - before_v;
+        verified.push((mib, engine_down, verified_down, whole, verified_whole));
+        archive_done(&pool, vjob).await;
+
         eprintln!("== {mib} MiB: naive order (stop, then extract)");
         let ids = vec![c.clone()];
         let staging = target.with_file_name(format!(".naive-{mib}"));
@@ -299,7 +411,14 @@ async fn main() {
         })
         .await
         .unwrap();
-        volsnap_worker::engine::fsops::exchange(&staging, &target).unwrap();
+        let parent = volsnap_worker::engine::dirs::ParentDir::open(
+            target.parent().unwrap(),
+            std::path::Path::new(""),
+        )
+        .unwrap();
+        parent
+            .exchange(staging.file_name().unwrap(), target.file_name().unwrap())
+            .unwrap();
         dock.start_all_and_wait(&ids).await.unwrap();
         let naive_down = t.elapsed().as_secs_f64();
         std::fs::remove_dir_all(&staging).unwrap();
@@ -338,6 +457,9 @@ async fn main() {
             whole,
             tar,
             tar_sync,
+            background,
+            undo_down,
+            undo_whole,
         });
     }
     let _ = worker.kill();
@@ -347,18 +469,31 @@ async fn main() {
     }
     let _ = std::fs::remove_dir_all(&root);
 
+    println!("Verification's added time (the same restore without and with `verify`):");
+    println!(
+        "| volume | downtime | downtime, verified | added | whole job | whole job, verified | added |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (mib, d, dv, w, wv) in &verified {
+        println!(
+            "| {mib} MiB | {d:.3} s | {dv:.3} s | {:+.3} s | {w:.2} s | {wv:.2} s | {:+.2} s |",
+            dv - d,
+            wv - w
+        );
+    }
+    println!();
     println!("Phase timeline of the worker's restore (first seen by a 20 ms poll):");
     for t in &timelines {
         println!("- {t}");
     }
     println!();
     println!(
-        "| volume | archive | downtime (engine) | downtime (naive: stop, then extract) | Docker stop+start alone | restore → running again | whole restore job | tar -xzf | tar -xzf + sync | whole / tar -xzf | running-again / tar -xzf |"
+        "| volume | archive | downtime (engine) | downtime (naive: stop, then extract) | Docker stop+start alone | restore → running again | whole restore job | tar -xzf | tar -xzf + sync | whole / tar -xzf | running-again / tar -xzf | background archive job | undo downtime | whole undo job |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} MiB | {:.1} MiB | {:.3} s | {:.3} s | {:.3} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} | {:.2} |",
+            "| {} MiB | {:.1} MiB | {:.3} s | {:.3} s | {:.3} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} | {:.2} | {:.2} s | {:.3} s | {:.2} s |",
             r.mib,
             r.archive_mib,
             r.engine_down,
@@ -369,7 +504,10 @@ async fn main() {
             r.tar,
             r.tar_sync,
             r.whole / r.tar,
-            r.to_running / r.tar
+            r.to_running / r.tar,
+            r.background,
+            r.undo_down,
+            r.undo_whole
         );
     }
 }

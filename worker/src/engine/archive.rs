@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use volsnap_archive as va;
 use volsnap_shared::domain::VolumeSpec;
@@ -20,7 +22,10 @@ pub use va::{Limits, Manifest};
 pub struct SourceVolume {
     pub index: u32,
     pub spec: VolumeSpec,
+    /// The host directory (logs only when `root` is set).
     pub path: PathBuf,
+    /// The directory already opened through a held parent: read through this fd.
+    pub root: Option<Arc<OwnedFd>>,
 }
 
 /// What a written archive is.
@@ -62,7 +67,7 @@ pub fn failure_of(e: va::ArchiveError) -> Failure {
 
 /// Write `volumes` as an archive into `out` (the caller makes it durable).
 pub fn write(
-    out: &mut std::fs::File,
+    out: &mut (impl std::io::Write + Send),
     workload: WorkloadId,
     volumes: &[SourceVolume],
     limits: &Limits,
@@ -77,6 +82,7 @@ pub fn write(
             scope: v.spec.scope.as_str().to_owned(),
             source: v.spec.source.clone(),
             path: v.path.clone(),
+            root: v.root.clone(),
         })
         .collect();
     let opts = va::WriteOptions {
@@ -99,20 +105,17 @@ pub fn read_manifest(path: &Path) -> Result<Manifest, Failure> {
     va::read_manifest(path).map_err(failure_of)
 }
 
-/// Extract every volume of the archive read from `reader` into its staging directory
-/// (`index → dir`; each must not exist, its parent must). Returns the archive's own
-/// manifest.
-pub fn extract(
+/// Extract into staging directories named in parent directory fds the engine holds.
+pub fn extract_at(
     reader: impl Read + Send,
-    staging: &BTreeMap<u32, PathBuf>,
+    staging: &BTreeMap<u32, va::StagingAt<'_>>,
     limits: &Limits,
-    mut progress: impl FnMut(u64, u64),
 ) -> Result<Manifest, Failure> {
     let opts = va::ExtractOptions {
         limits: limits.clone(),
         ..Default::default()
     };
-    va::extract(reader, staging, &opts, &mut progress)
+    va::extract_at(reader, staging, &opts, &mut |_, _| {})
         .map(|s| s.manifest)
         .map_err(failure_of)
 }

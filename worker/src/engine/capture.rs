@@ -7,6 +7,7 @@
 //! the capture (`volume_source_missing`): recording it as empty would let a later
 //! restore wipe data that was merely misconfigured.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use volsnap_shared::domain::{JobKind, SnapshotState};
@@ -15,7 +16,9 @@ use volsnap_shared::queue::worker::JobContext;
 
 use super::error::{Failure, Stop};
 use super::journal::{Journal, JournalState, Outcome};
-use super::restore::{close_journal, partial_path, write_archive_durably, write_journal};
+use super::restore::{
+    close_journal, open_live, partial_path, write_archive_durably, write_journal,
+};
 use super::{Engine, archive, blocking, blocking_with_progress, fsops, paths, store};
 use crate::crash_point;
 
@@ -59,30 +62,21 @@ async fn capture(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
         .into());
     }
     let host = paths::resolve_all(&workload, &eng.roots)?;
-    let sources: Vec<archive::SourceVolume> = host
-        .iter()
-        .enumerate()
-        .map(|(i, h)| archive::SourceVolume {
-            index: i as u32,
-            spec: h.spec.clone(),
-            path: h.path.clone(),
-        })
-        .collect();
-    for s in &sources {
-        match std::fs::symlink_metadata(&s.path) {
-            Ok(m) if m.is_dir() => {}
-            _ => {
-                return Err(Failure::new(
-                    failure::VOLUME_SOURCE_MISSING,
-                    format!(
-                        "volume {:?}: its host directory does not exist; nothing was captured",
-                        s.spec.target
-                    ),
-                )
-                .into());
-            }
-        }
-    }
+    paths::refuse_overlaps(&eng.pool, &workload, &host, &eng.roots).await?;
+    let sources: Vec<archive::SourceVolume> = blocking(move || {
+        host.iter()
+            .enumerate()
+            .map(|(i, h)| {
+                Ok(archive::SourceVolume {
+                    index: i as u32,
+                    spec: h.spec.clone(),
+                    path: h.path.clone(),
+                    root: Some(Arc::new(open_live(h)?)),
+                })
+            })
+            .collect()
+    })
+    .await?;
     let rel = format!("{}/{sid}.tar.gz", workload.id);
     let dest = eng.snapshot_file(&rel)?;
 
@@ -96,6 +90,8 @@ async fn capture(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
         containers: vec![],
         partial: Some(dest.clone()),
         state: JournalState::Capturing,
+        undoes: None,
+        kept_bytes: 0,
     };
     if workload.stop_for_capture {
         if ctx.cancel_requested().await? {
@@ -167,7 +163,7 @@ async fn capture(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
 /// Recovery of an interrupted capture: restart what it stopped, drop a partial file,
 /// and fail the snapshot unless it became ready. Idempotent.
 pub async fn recover(eng: &Engine, j: &Journal) -> Result<Outcome, Failure> {
-    let restarted = eng.docker.start_all_and_wait(&j.containers).await;
+    let restarted = eng.docker.restart_after_quiesce(&j.containers).await;
     let sid = j.snapshot_id;
     let ready = match sid {
         Some(sid) => store::snapshot_state(&eng.pool, sid).await? == Some(SnapshotState::Ready),

@@ -1,6 +1,8 @@
 //! The node's Docker engine, as the engine needs it: a workload's running containers
 //! (label `volsnap.workload=<id>`), stop, start, and waiting until they run (and are
-//! healthy where a healthcheck exists).
+//! healthy where a healthcheck exists) — and stay running: a restart after a quiesce
+//! first waits out any stop still pending in the engine (see
+//! [`Docker::restart_after_quiesce`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -16,6 +18,12 @@ use super::error::Failure;
 
 /// The label that ties a container to its workload.
 pub const WORKLOAD_LABEL: &str = "volsnap.workload";
+
+/// How long a started container must stay up before [`Docker::confirm_running`]
+/// counts it as back.
+pub const SETTLE: Duration = Duration::from_millis(500);
+/// How many times a container that went down right after its start is started again.
+pub const CONFIRM_ROUNDS: u32 = 3;
 
 #[derive(Clone)]
 pub struct Docker {
@@ -107,9 +115,16 @@ impl Docker {
             })
     }
 
-    /// Start every container (already running ones are fine), then wait until all run
-    /// and are healthy where they have a healthcheck.
+    /// Start every container (already running ones are fine), wait until all run and
+    /// are healthy where they have a healthcheck, then confirm they stay up
+    /// ([`Docker::confirm_running`]).
     pub async fn start_all_and_wait(&self, ids: &[String]) -> Result<(), Failure> {
+        self.start_each(ids).await?;
+        self.wait_running(ids).await?;
+        self.confirm_running(ids).await
+    }
+
+    async fn start_each(&self, ids: &[String]) -> Result<(), Failure> {
         let mut first_err = None;
         for id in ids {
             if let Err(e) = self.start(id).await {
@@ -117,10 +132,82 @@ impl Docker {
                 first_err.get_or_insert(e);
             }
         }
-        if let Some(e) = first_err {
-            return Err(e);
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        self.wait_running(ids).await
+    }
+
+    /// Bring back containers that a quiesce stopped — or may still be stopping: a
+    /// worker killed while `docker stop` waited for a slow container leaves that stop
+    /// running in the Docker engine, and a container "started" meanwhile (a no-op, it
+    /// is still running) is killed moments later by it. So first stop each container
+    /// again and wait for it (at once when it is already stopped; otherwise this waits
+    /// out the pending stop too), then start them, wait until they run (and are
+    /// healthy), and confirm they stay up.
+    pub async fn restart_after_quiesce(&self, ids: &[String]) -> Result<(), Failure> {
+        let stops = futures::future::join_all(ids.iter().map(|id| self.stop(id))).await;
+        for (id, r) in ids.iter().zip(&stops) {
+            if let Err(e) = r {
+                // Starting it is still the best we can do; the confirmation below
+                // catches a stop that lands later.
+                tracing::warn!(container = %short(id), error = %e, "stopping before the restart failed");
+            }
+        }
+        self.start_all_and_wait(ids).await
+    }
+
+    /// After containers were seen running: wait [`SETTLE`], look again, and start any
+    /// that a late stop (or a crash on start) took down, up to [`CONFIRM_ROUNDS`] times.
+    pub async fn confirm_running(&self, ids: &[String]) -> Result<(), Failure> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for round in 1..=CONFIRM_ROUNDS {
+            tokio::time::sleep(SETTLE).await;
+            let mut down = vec![];
+            for id in ids {
+                if !self.is_running(id).await? {
+                    down.push(id.clone());
+                }
+            }
+            if down.is_empty() {
+                return Ok(());
+            }
+            tracing::warn!(
+                round,
+                containers = ?down.iter().map(|d| short(d)).collect::<Vec<_>>(),
+                "containers went down after they were started; starting them again"
+            );
+            self.start_each(&down).await?;
+            self.wait_running(&down).await?;
+        }
+        for id in ids {
+            if !self.is_running(id).await? {
+                return Err(Failure::new(
+                    failure::REDEPLOY_FAILED,
+                    format!("container {} keeps stopping after it is started", short(id)),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn is_running(&self, id: &str) -> Result<bool, Failure> {
+        let state = self
+            .client
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| {
+                Failure::internal(
+                    failure::REDEPLOY_FAILED,
+                    format!("container {} cannot be inspected", short(id)),
+                    e,
+                )
+            })?
+            .state
+            .unwrap_or_default();
+        Ok(state.running == Some(true) || state.restarting == Some(true))
     }
 
     pub async fn wait_running(&self, ids: &[String]) -> Result<(), Failure> {

@@ -17,6 +17,9 @@ pub struct Failure {
     pub code: String,
     pub message: String,
     pub cause: Option<Cause>,
+    /// The cause is a transient fault (see `failure::is_transient_db_error`): before
+    /// any change, [`Stop::before_any_change`] turns it into a retry.
+    pub transient: bool,
 }
 
 impl Failure {
@@ -26,6 +29,7 @@ impl Failure {
             code: code.to_owned(),
             message: message.into(),
             cause: None,
+            transient: false,
         }
     }
 
@@ -93,9 +97,37 @@ pub enum Stop {
     Shutdown,
     /// The job is no longer ours: touch nothing more.
     LeaseLost,
+    /// The job changed nothing and failed for a transient cause: it goes back to the
+    /// queue with a backoff (while it has retries left). Made by
+    /// [`Stop::before_any_change`] only.
+    Retry(Failure),
     /// The node could not be brought back to a consistent state in-line (e.g. a rollback
     /// failed): the journal stays, and the job goes back as `recovering`.
     NeedsRecovery(Failure),
+}
+
+impl Stop {
+    /// Mark a stop as happening before the job changed anything on the node (before
+    /// the journal's first destructive entry, or after the job itself undid all it
+    /// did): a transient failure then becomes [`Stop::Retry`]. Every other stop is
+    /// returned as it is. Apply it only where that is provably true.
+    pub fn before_any_change(self) -> Stop {
+        match self {
+            Stop::Failed(f) if f.transient => Stop::Retry(f),
+            other => other,
+        }
+    }
+}
+
+/// [`Stop::before_any_change`] for a step's result: `step().await.before_any_change()?`.
+pub trait BeforeAnyChange<T> {
+    fn before_any_change(self) -> Result<T, Stop>;
+}
+
+impl<T, E: Into<Stop>> BeforeAnyChange<T> for Result<T, E> {
+    fn before_any_change(self) -> Result<T, Stop> {
+        self.map_err(|e| e.into().before_any_change())
+    }
 }
 
 impl From<Failure> for Stop {
@@ -108,9 +140,7 @@ impl From<QueueError> for Stop {
     fn from(e: QueueError) -> Stop {
         match e {
             QueueError::LeaseLost(_) => Stop::LeaseLost,
-            QueueError::Db(e) => {
-                Stop::Failed(Failure::internal(failure::INTERNAL, "database error", e))
-            }
+            QueueError::Db(e) => Stop::Failed(e.into()),
         }
     }
 }
@@ -126,12 +156,22 @@ impl From<PointOfNoReturnError> for Stop {
 
 impl From<sqlx::Error> for Stop {
     fn from(e: sqlx::Error) -> Stop {
-        Stop::Failed(Failure::internal(failure::INTERNAL, "database error", e))
+        Stop::Failed(e.into())
     }
 }
 
 impl From<sqlx::Error> for Failure {
     fn from(e: sqlx::Error) -> Failure {
-        Failure::internal(failure::INTERNAL, "database error", e)
+        if failure::is_transient_db_error(&e) {
+            let mut f = Failure::internal(
+                failure::DATABASE_UNAVAILABLE,
+                "the database could not be reached",
+                e,
+            );
+            f.transient = true;
+            f
+        } else {
+            Failure::internal(failure::INTERNAL, "database error", e)
+        }
     }
 }

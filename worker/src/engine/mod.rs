@@ -6,19 +6,28 @@
 //! - [`capture`]: stream a workload's volumes into a new snapshot.
 //! - [`recovery`]: bring every journaled job on this node to a consistent state, at
 //!   start-up and for every claimed job that is `recovering`.
+//! - [`keep`]: the kept pre-restore directories, their background archive jobs
+//!   ([`prearchive`]) and their retention; [`undo`] swaps one back in.
 
 pub mod archive;
 pub mod capture;
+pub mod dirs;
 pub mod docker;
 pub mod error;
+pub mod filecheck;
 pub mod fsops;
 pub mod journal;
+pub mod keep;
 pub mod nodelock;
 pub mod paths;
+pub mod plan;
+pub mod prearchive;
 pub mod recovery;
 pub mod restore;
 pub mod store;
 pub mod swap;
+pub mod undo;
+pub mod verify;
 
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -41,6 +50,8 @@ pub struct EngineConfig {
     pub state_dir: PathBuf,
     pub snapshot_dir: PathBuf,
     pub volumes_root: PathBuf,
+    /// `VOLSNAP_ABSOLUTE_ROOTS`: where `absolute` volumes may live (empty: nowhere).
+    pub absolute_roots: Vec<PathBuf>,
     /// Docker's grace between SIGTERM and SIGKILL when quiescing.
     pub stop_timeout: Duration,
     /// How long a redeploy waits for containers to run (and be healthy).
@@ -53,9 +64,14 @@ pub struct EngineConfig {
     pub swap_mode: swap::SwapMode,
     /// gzip level of manual captures.
     pub capture_gzip_level: u32,
-    /// gzip level of the pre-restore copy (archived after the app is back; the job and
-    /// the old copy's disk space wait for it, so it favours speed).
+    /// gzip level of the pre-restore copy (archived in the background by its own job).
     pub pre_restore_gzip_level: u32,
+    /// `VOLSNAP_PRE_RESTORE_KEEP`: how long a restore's displaced data is kept as a
+    /// directory after the swap (and always until archived).
+    pub pre_restore_keep: Duration,
+    /// How often kept copies are looked after (archive jobs enqueued, expired copies
+    /// removed); None: never.
+    pub keep_sweep: Option<Duration>,
 }
 
 impl EngineConfig {
@@ -70,6 +86,7 @@ impl EngineConfig {
             state_dir,
             snapshot_dir,
             volumes_root,
+            absolute_roots: Vec::new(),
             stop_timeout: Duration::from_secs(30),
             start_timeout: Duration::from_secs(120),
             deletion_sweep: Some(Duration::from_secs(30)),
@@ -77,6 +94,8 @@ impl EngineConfig {
             swap_mode: swap::SwapMode::Exchange,
             capture_gzip_level: 6,
             pre_restore_gzip_level: 1,
+            pre_restore_keep: Duration::from_secs(24 * 3600),
+            keep_sweep: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -87,6 +106,7 @@ pub struct Engine {
     roots: Roots,
     docker: Docker,
     journals: JournalDir,
+    kept: keep::KeepDir,
     background: CancellationToken,
 }
 
@@ -103,6 +123,9 @@ impl Engine {
         journals
             .ensure()
             .with_context(|| format!("creating {}", cfg.state_dir.join("journal").display()))?;
+        let kept = keep::KeepDir::new(&cfg.state_dir);
+        kept.ensure()
+            .with_context(|| format!("creating {}", cfg.state_dir.join("kept").display()))?;
         std::fs::create_dir_all(&cfg.snapshot_dir)
             .with_context(|| format!("creating {}", cfg.snapshot_dir.display()))?;
         let docker = Docker::connect(cfg.stop_timeout, cfg.start_timeout)
@@ -110,12 +133,20 @@ impl Engine {
             .context("connecting to the Docker engine")?;
         let roots = Roots {
             volumes_root: cfg.volumes_root.clone(),
+            absolute_roots: cfg.absolute_roots.clone(),
             state_dir: cfg.state_dir.clone(),
             snapshot_dir: cfg.snapshot_dir.clone(),
         };
         let background = CancellationToken::new();
         if let Some(every) = cfg.deletion_sweep {
             tokio::spawn(deletion_loop(
+                pool.clone(),
+                cfg.node.clone(),
+                cfg.snapshot_dir.clone(),
+                every,
+                background.clone(),
+            ));
+            tokio::spawn(filecheck::run(
                 pool.clone(),
                 cfg.node.clone(),
                 cfg.snapshot_dir.clone(),
@@ -129,8 +160,21 @@ impl Engine {
             roots,
             docker,
             journals,
+            kept,
             background,
         })
+    }
+
+    /// Start the maintenance of kept pre-restore copies ([`keep::run_loop`]); it ends
+    /// with the engine.
+    pub fn spawn_keep_loop(self: &std::sync::Arc<Self>) {
+        if let Some(every) = self.cfg.keep_sweep {
+            tokio::spawn(keep::run_loop(
+                std::sync::Arc::downgrade(self),
+                every,
+                self.background.clone(),
+            ));
+        }
     }
 
     /// Wait (a bounded time) for the node-local workload lock: a predecessor that lost
@@ -153,6 +197,10 @@ impl Engine {
             }
             if ctx.lease_lost.is_cancelled() {
                 return Err(JobOutcome::Abandon);
+            }
+            // Nothing done yet: a stop hands the job back (its recovering flag kept).
+            if ctx.shutdown.is_cancelled() {
+                return Err(JobOutcome::Requeue);
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(JobOutcome::RequeueForRecovery);
@@ -255,18 +303,29 @@ impl JobHandler for Engine {
     }
 
     async fn run(&self, ctx: JobContext) -> JobOutcome {
+        // A plan is read-only: no node lock, no journal, nothing to recover.
+        if ctx.job.kind == JobKind::Plan {
+            return outcome_of(&ctx, plan::run(self, &ctx).await);
+        }
         let _node_lock = match self.node_lock(&ctx).await {
             Ok(l) => l,
             Err(outcome) => return outcome,
         };
         // A journal we cannot even read is treated as one to recover (which keeps it).
         let has_journal = !matches!(self.journals.read(ctx.id()), Ok(None));
-        let res = if ctx.job.recovering || has_journal {
+        let res = if ctx.job.kind == JobKind::PreRestoreArchive {
+            // Reads the kept copy and writes a new file: idempotent, so a crashed run
+            // is simply run again (there is no journal).
+            prearchive::run(self, &ctx).await
+        } else if ctx.job.recovering || has_journal {
             recovery::recover_claimed(self, &ctx).await
         } else {
             match ctx.job.kind {
                 JobKind::Restore => restore::run(self, &ctx).await,
                 JobKind::Capture => capture::run(self, &ctx).await,
+                JobKind::Plan => plan::run(self, &ctx).await,
+                JobKind::Undo => undo::run(self, &ctx).await,
+                JobKind::PreRestoreArchive => unreachable!("dispatched above"),
             }
         };
         outcome_of(&ctx, res)
@@ -279,6 +338,23 @@ fn outcome_of(ctx: &JobContext, res: Result<Outcome, Stop>) -> JobOutcome {
         Ok(Outcome::Failed { code, message }) => {
             tracing::warn!(job_id = %ctx.id(), %code, %message, "job failed");
             JobOutcome::Failed { code, message }
+        }
+        // The queue puts it back while retries are left, else fails it with this.
+        Ok(Outcome::Untouched { code, message }) => {
+            tracing::warn!(job_id = %ctx.id(), %code, %message, "job changed nothing: retry");
+            JobOutcome::Retry { code, message }
+        }
+        // A retry past the point of no return would be a blind re-run: refused.
+        Err(Stop::Retry(f)) if ctx.entered_point_of_no_return() => {
+            tracing::error!(job_id = %ctx.id(), error = %f, "transient failure after the point of no return");
+            JobOutcome::RequeueForRecovery
+        }
+        Err(Stop::Retry(f)) => {
+            tracing::warn!(job_id = %ctx.id(), code = %f.code, error = %f, "transient failure before any change: retry");
+            JobOutcome::Retry {
+                code: f.code,
+                message: f.message,
+            }
         }
         Err(Stop::Failed(f)) => {
             tracing::error!(job_id = %ctx.id(), code = %f.code, error = %f, "job failed");
@@ -334,7 +410,12 @@ async fn deletion_loop(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = sweep_deleted(&pool, &node, &snapshot_dir).await {
+        // A sweep waiting for a database connection must not hold up a stop.
+        let swept = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = sweep_deleted(&pool, &node, &snapshot_dir) => r,
+        };
+        if let Err(e) = swept {
             tracing::warn!(error = %e, "removing files of deleted snapshots failed; will retry");
         }
     }

@@ -17,7 +17,9 @@ use volsnap_shared::queue::{ADVISORY_LOCK_CLASS, workload_lock_key};
 
 use super::error::{Failure, Stop};
 use super::journal::{Journal, JournalState, Outcome};
-use super::restore::{close_journal, finish_forward, partial_path, roll_back, write_journal};
+use super::restore::{
+    close_journal, finish_forward, partial_path, reopen_parents, roll_back, write_journal,
+};
 use super::{Engine, blocking, capture, fsops, store};
 use crate::crash_point;
 
@@ -32,13 +34,39 @@ pub async fn recover_journal(
     let outcome = match j.state.clone() {
         JournalState::Finished { outcome } => return Ok(outcome),
         JournalState::Staging | JournalState::Quiescing | JournalState::Swapping => {
-            tracing::warn!("interrupted before the commit point: rolling back");
-            roll_back(eng, j).await?;
-            Outcome::Failed {
-                code: failure::INTERRUPTED.into(),
-                message: "the worker stopped during the restore, before its commit point; every volume \
-                          was rolled back to its previous data and the workload restarted (nothing changed)"
-                    .into(),
+            // Only staging written (next to the targets): nothing changed.
+            let untouched = j.state == JournalState::Staging;
+            tracing::warn!(
+                untouched,
+                "interrupted before the commit point: rolling back"
+            );
+            let parents = match reopen_parents(&j.volumes) {
+                Ok(p) => p,
+                // Nothing was exchanged before `swapping`: the live data is as it was.
+                // A parent that is no longer where the config says keeps our partial
+                // staging (logged); it is not followed to wherever it went.
+                Err(f) if j.state != JournalState::Swapping => {
+                    tracing::error!(error = %f, "a volume's parent moved before the swap; its staging directory is left where it is");
+                    vec![]
+                }
+                Err(f) => return Err(f),
+            };
+            roll_back(eng, j, &parents).await?;
+            if untouched {
+                // Queued again while the job has retries left.
+                Outcome::Untouched {
+                    code: failure::INTERRUPTED.into(),
+                    message: "the worker stopped while the restore was staging its data, \
+                              before it changed anything"
+                        .into(),
+                }
+            } else {
+                Outcome::Failed {
+                    code: failure::INTERRUPTED.into(),
+                    message: "the worker stopped during the restore, before its commit point; every volume \
+                              was rolled back to its previous data and the workload restarted (nothing changed)"
+                        .into(),
+                }
             }
         }
         JournalState::Committed
@@ -46,7 +74,8 @@ pub async fn recover_journal(
         | JournalState::Archiving { .. }
         | JournalState::Archived { .. } => {
             tracing::warn!("interrupted after the commit point: rolling forward");
-            finish_forward(eng, ctx, j, None).await?
+            let parents = reopen_parents(&j.volumes)?;
+            finish_forward(eng, ctx, j, &parents, None).await?
         }
         JournalState::Capturing => capture::recover(eng, j).await?,
     };
@@ -62,13 +91,21 @@ pub async fn recover_journal(
 /// A claimed job that is `recovering` (or that has a journal here).
 #[tracing::instrument(skip_all, fields(job_id = %ctx.id()))]
 pub async fn recover_claimed(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
-    ctx.set_phase("recovering").await?;
+    // A transient fault while recovery decides: recover again later (never a fresh
+    // run: without a journal the job may also have finished and closed it).
+    let again = |s: Stop| match s {
+        Stop::Failed(f) if f.transient => Stop::NeedsRecovery(f),
+        other => other,
+    };
+    ctx.set_phase("recovering")
+        .await
+        .map_err(|e| again(e.into()))?;
     let journal = eng
         .journals
         .read(ctx.id())
         .map_err(|e| Failure::io("reading the journal", e))?;
     let Some(mut j) = journal else {
-        return Ok(without_journal(eng, ctx).await?);
+        return without_journal(eng, ctx).await.map_err(|f| again(f.into()));
     };
     match recover_journal(eng, Some(ctx), &mut j).await {
         Ok(outcome) => {
@@ -76,6 +113,9 @@ pub async fn recover_claimed(eng: &Engine, ctx: &JobContext) -> Result<Outcome, 
             Ok(outcome)
         }
         Err(_) if ctx.lease_lost.is_cancelled() => Err(Stop::LeaseLost),
+        // The database went away mid-recovery: recovery is idempotent, run it again
+        // (the journal stays) rather than end a job that may well have succeeded.
+        Err(f) if f.transient => Err(Stop::NeedsRecovery(f)),
         Err(f) => {
             // Keep the journal: start-up recovery retries it, and new restores of this
             // workload are refused until it succeeds.
@@ -94,21 +134,51 @@ pub async fn recover_claimed(eng: &Engine, ctx: &JobContext) -> Result<Outcome, 
 /// No journal: either nothing was touched yet (the journal is written before the
 /// first change) or the job had finished and closed it just before the crash.
 async fn without_journal(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Failure> {
-    let interrupted = |what: &str| Outcome::Failed {
-        code: failure::INTERRUPTED.into(),
-        message: format!(
-            "the worker stopped during the {what} before it changed anything (enqueue it again)"
-        ),
+    // Nothing changed: the job is queued again while it has retries left.
+    let interrupted = |what: &str| {
+        let (code, message) = (
+            failure::INTERRUPTED.to_owned(),
+            format!("the worker stopped during the {what} before it changed anything"),
+        );
+        if ctx.retries_left() {
+            Outcome::Untouched { code, message }
+        } else {
+            Outcome::Failed {
+                code,
+                message: format!("{message} (enqueue it again)"),
+            }
+        }
     };
     match ctx.job.kind {
-        JobKind::Restore => {
+        JobKind::Restore | JobKind::Undo => {
+            // The keep record is written (durably) before the journal is closed.
+            let kept = eng.kept.clone();
+            let id = ctx.id();
+            let has_record = blocking(move || {
+                kept.read(id)
+                    .map(|r| r.is_some())
+                    .map_err(|e| Failure::io("reading the keep record", e))
+            })
+            .await?;
+            if has_record {
+                return Ok(Outcome::Succeeded);
+            }
+            // Before issue 11 the pre-restore snapshot was archived inline.
             if let Some(sid) = ctx.job.pre_restore_snapshot_id
                 && store::snapshot_state(&eng.pool, sid).await? == Some(SnapshotState::Ready)
             {
                 return Ok(Outcome::Succeeded);
             }
-            Ok(interrupted("restore"))
+            Ok(interrupted(if ctx.job.kind == JobKind::Undo {
+                "undo"
+            } else {
+                "restore"
+            }))
         }
+        // Plans never journal; one claimed as recovering is run again (mod.rs).
+        JobKind::Plan => Ok(interrupted("plan")),
+        // Never recovered here (the engine runs it again), but total all the same.
+        JobKind::PreRestoreArchive => Ok(interrupted("archive")),
         JobKind::Capture => {
             let Some(sid) = ctx.job.snapshot_id else {
                 return Ok(interrupted("capture"));
@@ -122,7 +192,10 @@ async fn without_journal(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Fail
                 fsops::remove_file(&dest).map_err(|e| Failure::io("cleanup", e))
             })
             .await?;
-            store::mark_failed(&eng.pool, sid).await?;
+            // A retry needs the snapshot row still `capturing`.
+            if !ctx.retries_left() {
+                store::mark_failed(&eng.pool, sid).await?;
+            }
             Ok(interrupted("capture"))
         }
     }

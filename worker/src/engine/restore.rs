@@ -1,35 +1,46 @@
 //! Restore a snapshot onto a workload's live volumes, in this order (issue 4):
 //!
 //! 1. [`preflight`]: the workload's CURRENT config, every manifest volume mapped by
-//!    `target`, paths resolved and checked, non-image refused, staging possible on
-//!    each target's own filesystem. All or nothing; nothing touched on failure.
+//!    `target`, paths resolved and checked, each target's parent opened fd by fd (no
+//!    symlink anywhere) and held for the whole job, non-image refused, staging possible
+//!    on each target's own filesystem. All or nothing; nothing touched on failure.
 //! 2. [`check_free_space`]: per filesystem, what it must hold.
-//! 3. [`verify_checksum`] then [`extract`]: into staging next to each target while
-//!    the app still runs (the archive is hashed again as it is read).
-//! 4. Journal `quiescing` (containers to restart) — after the point of no return.
-//! 5. [`quiesce_and_swap`]: stop, mark, exchange, fsync, journal `committed`.
-//! 6. [`finish_forward`]: redeploy, archive the old data as a `pre-restore` snapshot,
-//!    delete the old copy, close the journal. Recovery runs the same function.
+//! 3. [`open_archive`] (present, recorded size) then [`extract`]: into staging next to
+//!    each target while the app still runs, hashing the archive in the same read; a
+//!    sha256 that differs from the database's discards the staging before anything
+//!    else is touched.
+//! 4. Re-check every parent and target identity, journal `quiescing` (containers to
+//!    restart) — after the point of no return.
+//! 5. [`quiesce_and_swap`]: stop, re-check identities, exchange, fsync, journal
+//!    `committed`.
+//! 6. [`finish_forward`]: redeploy, keep the old data where the swap put it (a keep
+//!    record; [`super::keep`] archives it in the background as its own job and removes
+//!    it after its retention), close the journal. Recovery runs the same function.
+//!
+//! Nothing is ever written inside a live volume, and every name is resolved in a held
+//! parent directory fd ([`super::dirs`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
-use volsnap_shared::domain::{JobKind, Snapshot, SnapshotKind, SnapshotState, SourceKind};
+use volsnap_shared::domain::{JobKind, Snapshot, SnapshotState, SourceKind};
 use volsnap_shared::failure;
 use volsnap_shared::ids::{JobId, SnapshotId, WorkloadId};
 use volsnap_shared::queue::worker::JobContext;
 
-use super::error::{Failure, Stop};
+use super::dirs::{self, FileId, ParentDir};
+use super::error::{BeforeAnyChange as _, Failure, Stop};
 use super::journal::{Journal, JournalState, Outcome, PlannedVolume};
-use super::{
-    Engine, Progress, archive, blocking, blocking_with_progress, fsops, paths, store, swap,
-};
+use super::swap::Held;
+use super::{Engine, Progress, archive, blocking, fsops, paths, store, swap};
 use crate::crash_point;
 
 /// What pre-flight decided: everything later steps need, all checked.
@@ -39,31 +50,70 @@ pub struct Plan {
     pub archive: PathBuf,
     pub expected_sha256: String,
     pub volumes: Vec<PlannedVolume>,
+    /// The parent directory of each volume (same order), held for the whole job.
+    pub parents: Vec<Arc<ParentDir>>,
     pub manifest: archive::Manifest,
 }
 
-impl Plan {
-    fn staging_map(&self) -> BTreeMap<u32, PathBuf> {
-        self.volumes
-            .iter()
-            .map(|v| (v.index, v.side.clone()))
-            .collect()
-    }
+/// The side directory's name of a volume: in the target's parent, so on the same
+/// filesystem, and in a directory no app can write.
+pub fn side_name(job: JobId, index: u32) -> String {
+    format!(".volsnap-{job}-{index}")
 }
 
-/// The side directory of a volume: same parent as the target, so the same filesystem.
-pub fn side_dir(target: &Path, job: JobId, index: u32) -> PathBuf {
-    fsops::parent(target).join(format!(".volsnap-{job}-{index}"))
+/// Pair journaled volumes with their held parents.
+pub fn held(volumes: &[PlannedVolume], parents: &[Arc<ParentDir>]) -> Vec<Held> {
+    volumes
+        .iter()
+        .cloned()
+        .zip(parents.iter().cloned())
+        .collect()
+}
+
+/// Open every volume's parent again from the journal, refusing a directory that is not
+/// the one recorded (recovery).
+pub fn reopen_parents(volumes: &[PlannedVolume]) -> Result<Vec<Arc<ParentDir>>, Failure> {
+    volumes
+        .iter()
+        .map(|v| {
+            ParentDir::reopen(&v.base, &v.parent_rel, v.parent_id)
+                .map(Arc::new)
+                .map_err(|e| {
+                    tracing::error!(volume = %v.spec.target, base = %v.base.display(), parent = %v.parent_rel.display(), error = %e, "cannot open a volume's parent again");
+                    Failure::internal(
+                        failure::VOLUME_CHANGED,
+                        format!(
+                            "volume {:?}: its parent directory is no longer the one this job recorded",
+                            v.spec.target
+                        ),
+                        e,
+                    )
+                })
+        })
+        .collect()
 }
 
 #[tracing::instrument(skip_all, fields(job_id = %ctx.id()))]
 pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
-    ctx.set_phase("preflight").await?;
-    let plan = preflight(eng, ctx).await?;
-    check_free_space(eng, &plan).await?;
+    let sid = ctx
+        .job
+        .snapshot_id
+        .ok_or_else(|| Failure::new(failure::SNAPSHOT_NOT_READY, "the job names no snapshot"))?;
+    run_snapshot(eng, ctx, sid).await
+}
 
-    ctx.set_phase("verifying").await?;
-    let file = verify_checksum(&plan).await?;
+/// Restore snapshot `sid` (a restore job's own, or the `pre-restore` snapshot an undo
+/// puts back).
+pub async fn run_snapshot(
+    eng: &Engine,
+    ctx: &JobContext,
+    sid: SnapshotId,
+) -> Result<Outcome, Stop> {
+    // Until the point of no return a transient failure retries the job (nothing changed).
+    ctx.set_phase("preflight").await.before_any_change()?;
+    let plan = preflight(eng, ctx, sid).await.before_any_change()?;
+    let kept_bytes = check_free_space(eng, &plan).await?;
+    let file = open_archive(&plan).await?;
 
     let mut j = Journal {
         format: super::journal::FORMAT,
@@ -75,14 +125,24 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
         containers: vec![],
         partial: None,
         state: JournalState::Staging,
+        undoes: None,
+        kept_bytes,
     };
-    ctx.set_phase("extracting").await?;
+    let parents = plan.parents.clone();
+    ctx.set_phase("extracting").await.before_any_change()?;
     write_journal(eng, &j).await?;
     crash_point!("restore.journal.staging");
 
-    if let Err(stop) = extract(eng, ctx, &plan, file).await {
-        discard_staging(eng, &j).await;
-        return Err(stop);
+    match extract(eng, ctx, &plan, file).await {
+        Ok(ids) => {
+            for (v, id) in j.volumes.iter_mut().zip(ids) {
+                v.new_id = Some(id);
+            }
+        }
+        Err(stop) => {
+            discard_staging(eng, &j, &parents).await;
+            return Err(stop.before_any_change());
+        }
     }
     crash_point!("restore.extracted");
 
@@ -95,34 +155,44 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
         ctx.enter_point_of_no_return().await.err().map(Stop::from)
     };
     if let Some(stop) = exit {
-        discard_staging(eng, &j).await;
-        return Err(stop);
+        discard_staging(eng, &j, &parents).await;
+        return Err(stop.before_any_change());
     }
 
     // Past the point of no return: from here on, carry on to a safe end.
-    ctx.set_phase("quiescing").await?;
-    j.containers = match eng.docker.running_containers(ctx.job.workload_id).await {
+    if let Err(e) = ctx.set_phase("quiescing").await {
+        // Nothing stopped yet: undo the staging; a transient cause is retried (through
+        // recovery, as the point of no return was entered).
+        discard_staging(eng, &j, &parents).await;
+        return Err(Stop::from(e).before_any_change());
+    }
+    let prepared = async {
+        prepare_targets(&mut j.volumes, &parents).await?;
+        eng.docker.running_containers(ctx.job.workload_id).await
+    }
+    .await;
+    j.containers = match prepared {
         Ok(c) => c,
         Err(f) => {
-            discard_staging(eng, &j).await;
+            discard_staging(eng, &j, &parents).await;
             return Err(f.into());
         }
     };
     j.state = JournalState::Quiescing;
     if let Err(f) = write_journal(eng, &j).await {
-        discard_staging(eng, &j).await;
+        discard_staging(eng, &j, &parents).await;
         return Err(f.into());
     }
     crash_point!("restore.journal.quiescing");
 
     let down = Instant::now();
-    if let Err(f) = quiesce_and_swap(eng, ctx, &mut j).await {
+    if let Err(f) = quiesce_and_swap(eng, ctx, &mut j, &parents).await {
         if ctx.lease_lost.is_cancelled() {
             return Err(Stop::LeaseLost);
         }
         tracing::error!(error = %f, "restore failed before its commit point: rolling back");
         let _ = ctx.set_phase("rolling back").await;
-        return match roll_back(eng, &mut j).await {
+        return match roll_back(eng, &mut j, &parents).await {
             Ok(()) => {
                 close_journal(eng, ctx.id()).await?;
                 Err(f.into())
@@ -130,10 +200,11 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
             Err(rb) => Err(Stop::NeedsRecovery(rb)),
         };
     }
-    match finish_forward(eng, Some(ctx), &mut j, Some(down)).await {
+    let verified = super::verify::after_swap(eng, ctx, &plan, &j, &parents).await;
+    match finish_forward(eng, Some(ctx), &mut j, &parents, Some(down)).await {
         Ok(outcome) => {
             close_journal(eng, ctx.id()).await?;
-            Ok(outcome)
+            Ok(super::verify::outcome(outcome, verified))
         }
         Err(f) if ctx.lease_lost.is_cancelled() => {
             tracing::error!(error = %f, "lease lost after the commit point; recovery will finish");
@@ -143,9 +214,90 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
     }
 }
 
+/// Right before quiescing: every parent must still be where the config says and every
+/// target still the directory pre-flight saw (`volume_changed` otherwise: nothing was
+/// touched). A target that does not exist is created empty now, for the swap; its
+/// identity goes into the journal with the others.
+async fn prepare_targets(
+    volumes: &mut [PlannedVolume],
+    parents: &[Arc<ParentDir>],
+) -> Result<(), Failure> {
+    let (vols, ps) = (volumes.to_vec(), parents.to_vec());
+    let ids = blocking(move || {
+        let mut ids = Vec::with_capacity(vols.len());
+        for (v, p) in vols.iter().zip(&ps) {
+            recheck(v, p)?;
+            if v.old_id.is_none() {
+                p.mkdir(v.name()).map_err(|e| {
+                    Failure::io(format!("volume {:?}: creating it", v.spec.target), e)
+                })?;
+            }
+            let id = p
+                .dir_id(v.name())
+                .map_err(|e| changed(v, "its live directory is not a directory", e))?;
+            ids.push(id);
+        }
+        Ok(ids)
+    })
+    .await?;
+    for (v, id) in volumes.iter_mut().zip(ids) {
+        v.old_id = id;
+    }
+    Ok(())
+}
+
+fn changed(
+    v: &PlannedVolume,
+    what: &str,
+    cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> Failure {
+    Failure::internal(
+        failure::VOLUME_CHANGED,
+        format!(
+            "volume {:?}: {what} since pre-flight; nothing was changed",
+            v.spec.target
+        ),
+        cause,
+    )
+}
+
+/// The parent must still be reached from its base without a symlink and be the held
+/// directory, and the target must still be the directory recorded (or still absent).
+pub fn recheck(v: &PlannedVolume, p: &ParentDir) -> Result<(), Failure> {
+    match p.still_at_its_path() {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::error!(volume = %v.spec.target, parent = %p.path().display(), "a volume's parent directory was replaced or re-pointed");
+            return Err(changed(
+                v,
+                "its parent directory was replaced or re-pointed",
+                "parent identity changed",
+            ));
+        }
+        Err(e) => return Err(changed(v, "its parent directory cannot be checked", e)),
+    }
+    let now = p
+        .entry(v.name())
+        .map_err(|e| changed(v, "its live directory cannot be checked", e))?;
+    let same = match (now, v.old_id) {
+        (None, None) => true,
+        (Some((id, true)), Some(old)) => id == old,
+        _ => false,
+    };
+    if !same {
+        tracing::error!(volume = %v.spec.target, target = %v.target.display(), "a volume's live directory was replaced");
+        return Err(changed(
+            v,
+            "its live directory was replaced",
+            "target identity changed",
+        ));
+    }
+    Ok(())
+}
+
 /// Step 1: decide everything from the database and the current config; touch nothing.
 #[tracing::instrument(skip_all)]
-pub async fn preflight(eng: &Engine, ctx: &JobContext) -> Result<Plan, Failure> {
+pub async fn preflight(eng: &Engine, ctx: &JobContext, sid: SnapshotId) -> Result<Plan, Failure> {
     let job = &ctx.job;
     let workload = store::workload(&eng.pool, job.workload_id)
         .await?
@@ -161,9 +313,6 @@ pub async fn preflight(eng: &Engine, ctx: &JobContext) -> Result<Plan, Failure> 
             ),
         ));
     }
-    let sid = job
-        .snapshot_id
-        .ok_or_else(|| Failure::new(failure::SNAPSHOT_NOT_READY, "the job names no snapshot"))?;
     let snapshot = store::snapshot(&eng.pool, sid).await?.ok_or_else(|| {
         Failure::new(failure::SNAPSHOT_NOT_READY, "the snapshot no longer exists")
     })?;
@@ -195,13 +344,17 @@ pub async fn preflight(eng: &Engine, ctx: &JobContext) -> Result<Plan, Failure> 
         )
     })?;
     manifest.validate().map_err(archive::failure_of)?;
-    refuse_pending_journal(eng, workload.id, ctx.id())?;
+    // (A plan changes nothing, so another job's journal does not stop it.)
+    if job.kind != JobKind::Plan {
+        refuse_pending_journal(eng, workload.id, ctx.id())?;
+    }
 
     // Resolve the CURRENT config, then map manifest volumes onto it by target only.
     let host = paths::resolve_all(&workload, &eng.roots)?;
+    paths::refuse_overlaps(&eng.pool, &workload, &host, &eng.roots).await?;
     let by_target: HashMap<&str, &paths::HostVolume> =
         host.iter().map(|h| (h.spec.target.as_str(), h)).collect();
-    let mut volumes = Vec::with_capacity(manifest.volumes.len());
+    let mut mapped = Vec::with_capacity(manifest.volumes.len());
     for mv in &manifest.volumes {
         let Some(h) = by_target.get(mv.target.as_str()) else {
             return Err(Failure::new(
@@ -212,33 +365,33 @@ pub async fn preflight(eng: &Engine, ctx: &JobContext) -> Result<Plan, Failure> 
                 ),
             ));
         };
-        volumes.push(PlannedVolume {
-            index: mv.index,
-            spec: h.spec.clone(),
-            target: h.path.clone(),
-            side: side_dir(&h.path, ctx.id(), mv.index),
-        });
+        mapped.push((mv.index, (*h).clone()));
     }
-    if volumes.is_empty() {
+    if mapped.is_empty() {
         return Err(Failure::new(
             failure::NO_VOLUMES,
             "the snapshot holds no volumes",
         ));
     }
-    let checked = volumes.clone();
-    blocking(move || check_swappable(&checked)).await?;
+    let job = ctx.id();
+    let (volumes, parents) = blocking(move || open_volumes(job, &mapped)).await?;
     Ok(Plan {
         snapshot,
         archive,
         expected_sha256: sha,
         volumes,
+        parents,
         manifest,
     })
 }
 
 /// A workload whose earlier job still has an unfinished journal here must be
 /// recovered first: a second restore must not stack on top of a half-done one.
-fn refuse_pending_journal(eng: &Engine, workload: WorkloadId, me: JobId) -> Result<(), Failure> {
+pub fn refuse_pending_journal(
+    eng: &Engine,
+    workload: WorkloadId,
+    me: JobId,
+) -> Result<(), Failure> {
     let ids = eng
         .journals
         .list()
@@ -257,24 +410,52 @@ fn refuse_pending_journal(eng: &Engine, workload: WorkloadId, me: JobId) -> Resu
     Ok(())
 }
 
-/// The rename swap needs the side directory on the target's own filesystem: the
-/// target must not be a mount point, and nothing may sit at the side path yet.
-fn check_swappable(volumes: &[PlannedVolume]) -> Result<(), Failure> {
-    for v in volumes {
-        let label = &v.spec.target;
-        let parent = fsops::parent(&v.target);
-        let pdev = fsops::dev_of(parent)
-            .map_err(|e| Failure::io(format!("volume {label:?}: inspecting its parent"), e))?;
-        match std::fs::symlink_metadata(&v.target) {
-            Ok(m) => {
-                use std::os::unix::fs::MetadataExt as _;
-                if !m.is_dir() {
-                    return Err(Failure::new(
-                        failure::INVALID_VOLUME,
-                        format!("volume {label:?}: its host path is not a directory"),
-                    ));
-                }
-                if m.dev() != pdev {
+/// Open each volume's parent (fd by fd from its trusted base, no symlink anywhere) and
+/// record what the swap needs: the target must be a real directory (or absent) on its
+/// parent's filesystem (a mount point cannot be swapped atomically), and nothing may sit
+/// at the side directory's name yet.
+fn open_volumes(
+    job: JobId,
+    mapped: &[(u32, paths::HostVolume)],
+) -> Result<(Vec<PlannedVolume>, Vec<Arc<ParentDir>>), Failure> {
+    let mut volumes = Vec::with_capacity(mapped.len());
+    let mut parents = Vec::with_capacity(mapped.len());
+    for (index, h) in mapped {
+        let label = &h.spec.target;
+        let (base, rel) = (&h.base, &h.rel);
+        let (Some(parent_rel), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return Err(Failure::new(
+                failure::INVALID_VOLUME,
+                format!("volume {label:?}: its host path names no directory below its base"),
+            ));
+        };
+        let Some(name) = name.to_str() else {
+            return Err(Failure::new(
+                failure::INVALID_VOLUME,
+                format!("volume {label:?}: its host directory's name is not UTF-8"),
+            ));
+        };
+        let p = ParentDir::open(base, parent_rel).map_err(|e| {
+            tracing::warn!(volume = %label, path = %h.path.display(), error = %e, "cannot open a volume's parent");
+            if e.raw_os_error() == Some(nix::libc::ENOENT) {
+                Failure::new(
+                    failure::INVALID_VOLUME,
+                    format!("volume {label:?}: the parent of its host directory does not exist"),
+                )
+            } else {
+                Failure::new(
+                    failure::PATH_ESCAPES_BASE,
+                    format!(
+                        "volume {label:?}: a component of its host path is a symlink or not a directory"
+                    ),
+                )
+            }
+            .with_cause(e)
+        })?;
+        let old_id = match p.entry(OsStr::new(name)) {
+            Ok(None) => None,
+            Ok(Some((id, true))) => {
+                if id.dev != p.id().dev {
                     return Err(Failure::new(
                         failure::CROSS_FILESYSTEM,
                         format!(
@@ -282,82 +463,157 @@ fn check_swappable(volumes: &[PlannedVolume]) -> Result<(), Failure> {
                         ),
                     ));
                 }
+                Some(id)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Ok(Some((_, false))) => {
+                return Err(Failure::new(
+                    failure::PATH_ESCAPES_BASE,
+                    format!("volume {label:?}: its host path is a symlink or not a directory"),
+                ));
+            }
             Err(e) => return Err(Failure::io(format!("volume {label:?}: inspecting it"), e)),
-        }
-        if fsops::exists(&v.side) {
+        };
+        let side = side_name(job, *index);
+        if p.exists(OsStr::new(&side))
+            .map_err(|e| Failure::io(format!("volume {label:?}: inspecting its parent"), e))?
+        {
             return Err(Failure::new(
                 failure::INTERNAL,
                 format!("volume {label:?}: a staging directory for this job already exists"),
             ));
         }
+        volumes.push(PlannedVolume {
+            index: *index,
+            spec: h.spec.clone(),
+            target: h.path.clone(),
+            base: base.clone(),
+            parent_rel: parent_rel.to_path_buf(),
+            parent_id: p.id(),
+            name: name.to_owned(),
+            side,
+            old_id,
+            new_id: None,
+        });
+        parents.push(Arc::new(p));
     }
-    Ok(())
+    Ok((volumes, parents))
+}
+
+/// Open a live volume directory for reading (capture): its parent fd by fd from the
+/// trusted base, then the directory itself, never through a symlink. A missing one is
+/// `volume_source_missing`: recording it as empty would let a later restore wipe data
+/// that was merely misconfigured.
+pub fn open_live(h: &paths::HostVolume) -> Result<OwnedFd, Failure> {
+    let label = &h.spec.target;
+    let missing = || {
+        Failure::new(
+            failure::VOLUME_SOURCE_MISSING,
+            format!("volume {label:?}: its host directory does not exist; nothing was captured"),
+        )
+    };
+    let (base, rel) = (&h.base, &h.rel);
+    let (Some(parent_rel), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return Err(missing());
+    };
+    let refused = |e: io::Error| {
+        tracing::warn!(volume = %label, path = %h.path.display(), error = %e, "cannot open a volume");
+        if e.raw_os_error() == Some(nix::libc::ENOENT) {
+            missing()
+        } else {
+            Failure::new(
+                failure::PATH_ESCAPES_BASE,
+                format!(
+                    "volume {label:?}: a component of its host path is a symlink or not a directory"
+                ),
+            )
+            .with_cause(e)
+        }
+    };
+    let p = ParentDir::open(base, parent_rel).map_err(refused)?;
+    p.open_dir(name, None).map_err(refused)
 }
 
 /// Step 2: every filesystem must hold what the restore puts on it — the staged volumes
-/// next to their targets, and the pre-restore archive of the current data in the
-/// snapshot directory — summed per filesystem.
+/// next to their targets, and in the snapshot directory the pre-restore archive of the
+/// current data plus those of the node's kept copies still waiting for their archive —
+/// summed per filesystem. (Kept copies themselves already occupy their filesystems.)
+/// Returns the bytes of the current data (what this restore will keep).
 #[tracing::instrument(skip_all)]
-pub async fn check_free_space(eng: &Engine, plan: &Plan) -> Result<(), Failure> {
-    let volumes = plan.volumes.clone();
+pub async fn check_free_space(eng: &Engine, plan: &Plan) -> Result<u64, Failure> {
+    let volumes = held(&plan.volumes, &plan.parents);
     let manifest = plan.manifest.clone();
     let snapshot_dir = eng.cfg.snapshot_dir.clone();
+    let kept = eng.kept.clone();
     blocking(move || {
-        // dev → (a path on it, bytes needed)
-        let mut need: BTreeMap<u64, (PathBuf, u64)> = BTreeMap::new();
-        let mut add = |path: &Path, bytes: u64| -> Result<(), Failure> {
-            let at = fsops::existing_ancestor(path);
-            let dev = fsops::dev_of(&at).map_err(|e| Failure::io("inspecting a filesystem", e))?;
-            let e = need.entry(dev).or_insert((at, 0));
-            e.1 = e.1.saturating_add(bytes);
-            Ok(())
+        let pending = kept
+            .unarchived_bytes()
+            .map_err(|e| Failure::io("reading the keep records", e))?;
+        // dev → (what it is, free bytes, bytes needed)
+        let mut need: BTreeMap<u64, (String, u64, u64)> = BTreeMap::new();
+        let mut add = |dev: u64, what: String, free: u64, bytes: u64| {
+            let e = need.entry(dev).or_insert((what, free, 0));
+            e.2 = e.2.saturating_add(bytes);
         };
         let mut current_bytes = 0u64;
-        for v in &volumes {
+        for (v, p) in &volumes {
+            let label = &v.spec.target;
             let mv = manifest
                 .volume(v.index)
                 .expect("planned from this manifest");
+            let free = p
+                .free_bytes()
+                .map_err(|e| Failure::io(format!("volume {label:?}: reading free space"), e))?;
             // Blocks are allocated per file: count a block of slack for each.
             add(
-                fsops::parent(&v.target),
+                p.id().dev,
+                format!("the filesystem of volume {label:?}"),
+                free,
                 mv.bytes + mv.files * 4096 + (1 << 20),
-            )?;
-            let (_, bytes) = fsops::tree_size(&v.target)
-                .map_err(|e| Failure::io("measuring the current data", e))?;
-            current_bytes = current_bytes.saturating_add(bytes);
+            );
+            if v.old_id.is_some() {
+                let dir = p
+                    .open_dir(v.name(), v.old_id)
+                    .map_err(|e| changed(v, "its live directory was replaced", e))?;
+                let (_, bytes) = dirs::tree_size(dir.as_fd())
+                    .map_err(|e| Failure::io(format!("volume {label:?}: measuring its data"), e))?;
+                current_bytes = current_bytes.saturating_add(bytes);
+            }
         }
         // gzip never grows data by more than a small fraction.
-        add(
-            &snapshot_dir,
-            current_bytes + current_bytes / 100 + (1 << 20),
-        )?;
-        for (at, bytes) in need.values() {
-            let free = fsops::free_bytes(at).map_err(|e| Failure::io("reading free space", e))?;
-            if free < *bytes {
+        let at = fsops::existing_ancestor(&snapshot_dir);
+        let dev =
+            fsops::dev_of(&at).map_err(|e| Failure::io("inspecting the snapshot directory", e))?;
+        let free = fsops::free_bytes(&at).map_err(|e| Failure::io("reading free space", e))?;
+        let archives = current_bytes.saturating_add(pending);
+        let snap_what = if pending > 0 {
+            format!(
+                "the snapshot directory's filesystem (counting {pending} bytes of kept pre-restore copies still to archive)"
+            )
+        } else {
+            "the snapshot directory's filesystem".into()
+        };
+        add(dev, snap_what, free, archives + archives / 100 + (1 << 20));
+        for (what, free, bytes) in need.values() {
+            if free < bytes {
                 return Err(Failure::new(
                     failure::INSUFFICIENT_SPACE,
-                    format!(
-                        "the filesystem of {} has {free} bytes free; this restore needs {bytes}",
-                        at.display()
-                    ),
+                    format!("{what} has {free} bytes free; this restore needs {bytes}"),
                 ));
             }
         }
-        Ok(())
+        Ok(current_bytes)
     })
     .await
 }
 
-/// Step 3a: the file on disk must be the one the database describes.
+/// Step 3a: the archive file must exist and have the recorded size. Its sha256 is
+/// computed in the same read as the extraction ([`extract`]): one pass over the file.
 #[tracing::instrument(skip_all)]
-pub async fn verify_checksum(plan: &Plan) -> Result<File, Failure> {
+pub async fn open_archive(plan: &Plan) -> Result<File, Failure> {
     let path = plan.archive.clone();
-    let expected = plan.expected_sha256.clone();
     let size = plan.snapshot.size_bytes;
     blocking(move || {
-        let mut f = match File::open(&path) {
+        let f = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(Failure::new(
@@ -377,18 +633,6 @@ pub async fn verify_checksum(plan: &Plan) -> Result<File, Failure> {
                 "the archive file's size differs from the snapshot's recorded size",
             ));
         }
-        let mut h = Sha256::new();
-        io::copy(&mut BufReader::with_capacity(1 << 20, &mut f), &mut h)
-            .map_err(|e| Failure::io("reading the snapshot archive", e))?;
-        if hex::encode(h.finalize()) != expected {
-            return Err(Failure::new(
-                failure::CHECKSUM_MISMATCH,
-                "the archive file's sha256 differs from the snapshot's recorded sha256",
-            ));
-        }
-        use std::io::Seek as _;
-        f.rewind()
-            .map_err(|e| Failure::io("reading the snapshot archive", e))?;
         Ok(f)
     })
     .await
@@ -418,15 +662,19 @@ impl<R: Read> Read for Tracked<R> {
     }
 }
 
-/// Step 3b: extract every volume into its side directory while the app runs, then
-/// mark each as holding the new data.
+/// Step 3b: extract every volume into its side directory (created in the held parent)
+/// while the app runs; returns each staged directory's identity.
 #[tracing::instrument(skip_all)]
-pub async fn extract(eng: &Engine, ctx: &JobContext, plan: &Plan, file: File) -> Result<(), Stop> {
+pub async fn extract(
+    eng: &Engine,
+    ctx: &JobContext,
+    plan: &Plan,
+    file: File,
+) -> Result<Vec<FileId>, Stop> {
     let total = file.metadata().map(|m| m.len()).unwrap_or(0);
     let read = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let staging = plan.staging_map();
-    let volumes = plan.volumes.clone();
+    let volumes = held(&plan.volumes, &plan.parents);
     let limits = eng.cfg.limits.clone();
     let expected = plan.expected_sha256.clone();
     let planned: Vec<(u32, String)> = plan
@@ -435,10 +683,9 @@ pub async fn extract(eng: &Engine, ctx: &JobContext, plan: &Plan, file: File) ->
         .iter()
         .map(|v| (v.index, v.target.clone()))
         .collect();
-    let job = ctx.id();
     let mut task = tokio::task::spawn_blocking({
         let (read, stop) = (read.clone(), stop.clone());
-        move || -> Result<(), Failure> {
+        move || -> Result<Vec<FileId>, Failure> {
             let mut r = Tracked {
                 inner: BufReader::with_capacity(1 << 20, file),
                 hasher: Sha256::new(),
@@ -446,19 +693,47 @@ pub async fn extract(eng: &Engine, ctx: &JobContext, plan: &Plan, file: File) ->
                 stop,
                 half: total / 2,
             };
-            let own = archive::extract(&mut r, &staging, &limits, |_, _| {})?;
-            io::copy(&mut r, &mut io::sink()).map_err(|e| Failure::io("reading the archive", e))?;
+            let staging: BTreeMap<u32, volsnap_archive::StagingAt<'_>> = volumes
+                .iter()
+                .map(|(v, p)| {
+                    (
+                        v.index,
+                        volsnap_archive::StagingAt {
+                            parent: p.fd(),
+                            name: v.side(),
+                            label: PathBuf::from(&v.spec.target),
+                        },
+                    )
+                })
+                .collect();
+            let extracted = archive::extract_at(&mut r, &staging, &limits);
             let refuse = |f: Failure| {
-                for dir in staging.values() {
-                    let _ = fsops::remove_tree(dir);
+                for (v, p) in &volumes {
+                    let _ = p.remove_tree(v.side());
                 }
                 Err(f)
             };
-            if hex::encode(r.hasher.finalize_reset()) != expected {
+            // The rest of the file (gzip trailer, padding) is hashed too — also after a
+            // refusal, so a file that is not the one the database describes is
+            // reported as such rather than by whichever rule its bytes happened to break.
+            let drained = if r.stop.load(Ordering::Relaxed) {
+                Ok(0)
+            } else {
+                io::copy(&mut r, &mut io::sink())
+            };
+            let hash_ok = drained.is_ok() && hex::encode(r.hasher.finalize_reset()) == expected;
+            if !hash_ok && !r.stop.load(Ordering::Relaxed) && drained.is_ok() {
                 return refuse(Failure::new(
                     failure::CHECKSUM_MISMATCH,
-                    "the archive changed on disk while it was being restored",
+                    "the archive file's sha256 differs from the snapshot's recorded sha256",
                 ));
+            }
+            let own = match extracted {
+                Ok(m) => m,
+                Err(f) => return refuse(f),
+            };
+            if let Err(e) = drained {
+                return refuse(Failure::io("reading the archive", e));
             }
             // The plan came from the stored manifest; the archive must say the same.
             let actual: Vec<(u32, String)> = own
@@ -472,18 +747,20 @@ pub async fn extract(eng: &Engine, ctx: &JobContext, plan: &Plan, file: File) ->
                     "the archive's manifest differs from the snapshot's recorded manifest",
                 ));
             }
-            for v in &volumes {
-                fsops::write_marker(
-                    &v.side,
-                    &fsops::Marker {
-                        job,
-                        volume: v.index,
-                        role: fsops::Role::New,
-                    },
-                )
-                .map_err(|e| Failure::io("marking a staging directory", e))?;
+            let mut ids = Vec::with_capacity(volumes.len());
+            for (v, p) in &volumes {
+                match p.dir_id(v.side()) {
+                    Ok(Some(id)) => ids.push(id),
+                    Ok(None) => {
+                        return refuse(Failure::new(
+                            failure::INTERNAL,
+                            "a staging directory vanished",
+                        ));
+                    }
+                    Err(e) => return refuse(Failure::io("inspecting a staging directory", e)),
+                }
             }
-            Ok(())
+            Ok(ids)
         }
     });
     let mut why: Option<Stop> = None;
@@ -516,9 +793,9 @@ pub async fn extract(eng: &Engine, ctx: &JobContext, plan: &Plan, file: File) ->
     };
     let res = res.map_err(|e| Failure::internal(failure::INTERNAL, "extraction panicked", e))?;
     match (res, why) {
-        (Ok(()), _) => {
+        (Ok(ids), _) => {
             let _ = ctx.set_progress(total, total).await;
-            Ok(())
+            Ok(ids)
         }
         (Err(_), Some(stop)) => Err(stop),
         (Err(f), None) => Err(f.into()),
@@ -526,12 +803,12 @@ pub async fn extract(eng: &Engine, ctx: &JobContext, plan: &Plan, file: File) ->
 }
 
 /// Before the point of no return: remove the staging directories and the journal.
-async fn discard_staging(eng: &Engine, j: &Journal) {
-    let volumes = j.volumes.clone();
+async fn discard_staging(eng: &Engine, j: &Journal, parents: &[Arc<ParentDir>]) {
+    let volumes = held(&j.volumes, parents);
     let (job, journals) = (j.job_id, eng.journals.clone());
     let res = blocking(move || {
-        for v in &volumes {
-            swap::discard_side(v, job).map_err(|e| Failure::io("removing staging", e))?;
+        for (v, p) in &volumes {
+            swap::discard_side(v, p).map_err(|e| Failure::io("removing staging", e))?;
         }
         journals
             .remove(job)
@@ -543,58 +820,109 @@ async fn discard_staging(eng: &Engine, j: &Journal) {
     }
 }
 
-/// Step 5: stop the containers, then exchange every volume; ends at the commit point.
+/// Step 5: stop the containers, check every identity once more, then exchange every
+/// volume; ends at the commit point.
 #[tracing::instrument(skip_all)]
-async fn quiesce_and_swap(eng: &Engine, ctx: &JobContext, j: &mut Journal) -> Result<(), Failure> {
+pub async fn quiesce_and_swap(
+    eng: &Engine,
+    ctx: &JobContext,
+    j: &mut Journal,
+    parents: &[Arc<ParentDir>],
+) -> Result<(), Failure> {
+    // Undo's own crash-point names (only read with the `failpoints` feature).
+    #[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
+    let undo = j.kind == JobKind::Undo;
     for (i, id) in j.containers.iter().enumerate() {
         eng.docker.stop(id).await?;
         if i == 0 {
             crash_point!("restore.stop.first");
         }
     }
-    crash_point!("restore.stopped");
+    crash_point!(if undo {
+        "undo.stopped"
+    } else {
+        "restore.stopped"
+    });
+    let volumes = held(&j.volumes, parents);
+    let checked = volumes.clone();
+    blocking(move || {
+        for (v, p) in &checked {
+            recheck(v, p)?;
+        }
+        Ok(())
+    })
+    .await?;
     let _ = ctx.set_phase("swapping").await;
     j.state = JournalState::Swapping;
     write_journal(eng, j).await?;
-    crash_point!("restore.journal.swapping");
-    let volumes = j.volumes.clone();
-    let (job, mode) = (j.job_id, eng.cfg.swap_mode);
+    crash_point!(if undo {
+        "undo.journal.swapping"
+    } else {
+        "restore.journal.swapping"
+    });
+    let mode = eng.cfg.swap_mode;
     blocking(move || {
-        swap::mark_targets_old(&volumes, job).map_err(|e| Failure::io("marking the volumes", e))?;
-        crash_point!("restore.marked");
-        swap::swap_in(&volumes, job, mode).map_err(|e| Failure::io("swapping the volumes", e))?;
-        crash_point!("restore.swapped");
+        swap::swap_in(&volumes, mode).map_err(|e| Failure::io("swapping the volumes", e))?;
+        crash_point!(if undo {
+            "undo.swapped"
+        } else {
+            "restore.swapped"
+        });
         Ok(())
     })
     .await?;
     j.state = JournalState::Committed;
     write_journal(eng, j).await?;
-    crash_point!("restore.journal.committed");
+    crash_point!(if undo {
+        "undo.journal.committed"
+    } else {
+        "restore.journal.committed"
+    });
     Ok(())
 }
 
 /// Before the commit point: put every volume back as it was, drop the staging, and
-/// start the containers that were running. Idempotent.
-pub async fn roll_back(eng: &Engine, j: &mut Journal) -> Result<(), Failure> {
-    let volumes = j.volumes.clone();
-    let (job, mode) = (j.job_id, eng.cfg.swap_mode);
+/// start the containers that were running. Idempotent. Before `swapping` nothing was
+/// exchanged, so only the staging goes (the targets are not even looked at: one that
+/// was replaced meanwhile is not ours to judge).
+pub async fn roll_back(
+    eng: &Engine,
+    j: &mut Journal,
+    parents: &[Arc<ParentDir>],
+) -> Result<(), Failure> {
+    let volumes = held(&j.volumes, parents);
+    let (mode, swapping) = (eng.cfg.swap_mode, j.state == JournalState::Swapping);
+    // An undo's side directory is a kept copy, never staging: it is swapped back but
+    // never deleted.
+    let keep_side = j.kind == JobKind::Undo;
     blocking(move || {
-        swap::swap_back(&volumes, job, mode).map_err(|e| Failure::io("rolling the volumes back", e))
+        if swapping {
+            swap::swap_back(&volumes, mode, !keep_side)
+        } else if keep_side {
+            Ok(())
+        } else {
+            volumes
+                .iter()
+                .try_for_each(|(v, p)| swap::discard_side(v, p))
+        }
+        .map_err(|e| Failure::io("rolling the volumes back", e))
     })
     .await?;
     crash_point!("recovery.rolled_back");
-    if let Err(f) = eng.docker.start_all_and_wait(&j.containers).await {
+    if let Err(f) = eng.docker.restart_after_quiesce(&j.containers).await {
         tracing::error!(error = %f, "containers did not come back after the rollback");
     }
     Ok(())
 }
 
-/// After the commit point (the run, and recovery): redeploy, archive the old data as
-/// a `pre-restore` snapshot, delete the old copy. Idempotent from any state on.
+/// After the commit point (the run, and recovery): redeploy, then keep the displaced
+/// data where the swap put it (a durable keep record; its archive is a background job
+/// of its own). Idempotent from any state on.
 pub async fn finish_forward(
     eng: &Engine,
     ctx: Option<&JobContext>,
     j: &mut Journal,
+    parents: &[Arc<ParentDir>],
     down_since: Option<Instant>,
 ) -> Result<Outcome, Failure> {
     let phase = |p: &'static str| async move {
@@ -602,22 +930,31 @@ pub async fn finish_forward(
             let _ = ctx.set_phase(p).await;
         }
     };
+    let undo = j.kind == JobKind::Undo;
     let mut redeploy: Option<Failure> = None;
     if j.state == JournalState::Committed {
-        let (volumes, job) = (j.volumes.clone(), j.job_id);
+        let volumes = held(&j.volumes, parents);
         blocking(move || {
-            swap::clear_targets(&volumes, job).map_err(|e| Failure::io("finishing the swap", e))
+            swap::check_committed(&volumes).map_err(|e| Failure::io("finishing the swap", e))
         })
         .await?;
-        crash_point!("restore.markers_cleared");
+        crash_point!("restore.swap.checked");
         phase("redeploying").await;
         redeploy = redeploy_containers(eng, &j.containers).await.err();
+        // Recovery's roll-forward (no downtime clock): confirm they stay up, as a
+        // rollback does.
+        if redeploy.is_none() && down_since.is_none() {
+            redeploy = eng.docker.confirm_running(&j.containers).await.err();
+        }
         let downtime = down_since.map(|t| t.elapsed());
         if let Some(d) = downtime {
             tracing::info!(
                 downtime_ms = d.as_millis() as u64,
                 "containers were stopped for this long"
             );
+        }
+        if undo {
+            crash_point!("undo.started");
         }
         j.state = JournalState::Redeployed;
         write_journal(eng, j).await?;
@@ -627,41 +964,26 @@ pub async fn finish_forward(
         // Recovery after the redeploy: make sure the containers run.
         redeploy = Some(f);
     }
-    if j.state == JournalState::Redeployed {
-        j.state = JournalState::Archiving {
-            snapshot_id: SnapshotId::new(),
-        };
-        write_journal(eng, j).await?;
-        crash_point!("restore.journal.archiving");
-    }
-    if let JournalState::Archiving { snapshot_id } = j.state {
-        phase("archiving pre-restore copy").await;
-        archive_old_data(eng, ctx, j, snapshot_id).await?;
-        j.state = JournalState::Archived { snapshot_id };
-        write_journal(eng, j).await?;
-        crash_point!("restore.journal.archived");
-    }
-    let JournalState::Archived { snapshot_id } = j.state else {
+    if !matches!(
+        j.state,
+        JournalState::Redeployed | JournalState::Archiving { .. } | JournalState::Archived { .. }
+    ) {
         return Err(Failure::new(
             failure::INTERNAL,
             format!("unexpected journal state {:?}", j.state),
         ));
-    };
-    phase("cleaning up").await;
-    let (volumes, job) = (j.volumes.clone(), j.job_id);
-    blocking(move || {
-        swap::remove_backups(&volumes, job)
-            .map_err(|e| Failure::io("deleting the pre-restore copy", e))
-    })
-    .await?;
-    crash_point!("restore.backups_removed");
+    }
+    phase("keeping the pre-restore copy").await;
+    let rec = super::keep::keep_after_commit(eng, j).await?;
     Ok(match redeploy {
         None => Outcome::Succeeded,
         Some(f) => Outcome::Failed {
             code: f.code,
             message: format!(
-                "the data was restored, but the workload did not come back: {}; the previous data is kept as snapshot {snapshot_id}",
-                f.message
+                "the data was {}, but the workload did not come back: {}; the previous data is kept next to each volume and archived in the background as snapshot {}",
+                if undo { "put back" } else { "restored" },
+                f.message,
+                rec.snapshot_id
             ),
         },
     })
@@ -712,70 +1034,6 @@ async fn record_stats(eng: &Engine, j: &Journal, downtime: Option<Duration>) {
     }
 }
 
-/// Archive the old data (the side directories, marked `old`) as a ready `pre-restore`
-/// snapshot with the id the journal chose. Idempotent.
-async fn archive_old_data(
-    eng: &Engine,
-    ctx: Option<&JobContext>,
-    j: &Journal,
-    sid: SnapshotId,
-) -> Result<(), Failure> {
-    store::insert_capturing(
-        &eng.pool,
-        sid,
-        j.workload_id,
-        &eng.cfg.node,
-        SnapshotKind::PreRestore,
-    )
-    .await?;
-    match ctx {
-        Some(ctx) => ctx.set_pre_restore_snapshot(sid).await.map_err(|e| {
-            Failure::internal(failure::LEASE_LOST, "linking the pre-restore snapshot", e)
-        })?,
-        None => store::link_pre_restore_unfenced(&eng.pool, j.job_id, sid).await?,
-    }
-    crash_point!("restore.archive.row");
-    if store::snapshot_state(&eng.pool, sid).await? == Some(SnapshotState::Ready) {
-        return Ok(());
-    }
-    let rel = format!("{}/{sid}.tar.gz", j.workload_id);
-    let dest = eng.snapshot_file(&rel)?;
-    let sources: Vec<archive::SourceVolume> = j
-        .volumes
-        .iter()
-        .map(|v| archive::SourceVolume {
-            index: v.index,
-            spec: v.spec.clone(),
-            path: v.side.clone(),
-        })
-        .collect();
-    let (job, workload, limits) = (j.job_id, j.workload_id, eng.cfg.limits.clone());
-    let level = eng.cfg.pre_restore_gzip_level;
-    let written = blocking_with_progress(ctx, move |progress| {
-        for v in &sources {
-            if fsops::read_marker(&v.path, job)
-                .map_err(|e| Failure::io("reading a marker", e))?
-                .map(|m| m.role)
-                != Some(fsops::Role::Old)
-            {
-                return Err(Failure::new(
-                    failure::INTERNAL,
-                    format!(
-                        "the pre-restore copy of {:?} is not where the journal says",
-                        v.spec.target
-                    ),
-                ));
-            }
-        }
-        write_archive_durably(&dest, workload, &sources, &limits, level, progress)
-    })
-    .await?;
-    crash_point!("restore.archive.written");
-    store::mark_ready(&eng.pool, sid, &written.record(&rel)).await?;
-    crash_point!("restore.archive.ready");
-    Ok(())
-}
-
 /// Write an archive to `<dest>.partial`, fsync it, rename it into place, fsync the dir.
 pub fn write_archive_durably(
     dest: &Path,
@@ -785,20 +1043,75 @@ pub fn write_archive_durably(
     level: u32,
     progress: &Progress,
 ) -> Result<archive::Written, Failure> {
+    write_archive_durably_until(
+        dest,
+        workload,
+        sources,
+        limits,
+        level,
+        progress,
+        &AtomicBool::new(false),
+    )
+}
+
+/// [`write_archive_durably`] that fails (leaving no partial file) once `stop` is set.
+pub fn write_archive_durably_until(
+    dest: &Path,
+    workload: WorkloadId,
+    sources: &[archive::SourceVolume],
+    limits: &archive::Limits,
+    level: u32,
+    progress: &Progress,
+    stop: &AtomicBool,
+) -> Result<archive::Written, Failure> {
     let dir = fsops::parent(dest);
-    std::fs::create_dir_all(dir).map_err(|e| Failure::io("creating the snapshot directory", e))?;
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::io("creating the snapshot directory", e))?;
+        // The new workload directory must survive a crash with the archive in it.
+        fsops::fsync_dir(fsops::parent(dir))
+            .map_err(|e| Failure::io("syncing the snapshot directory", e))?;
+    }
     let partial = partial_path(dest);
     fsops::remove_file(&partial).map_err(|e| Failure::io("removing a partial archive", e))?;
-    let mut out = File::create(&partial).map_err(|e| Failure::io("creating the archive", e))?;
-    let written = archive::write(&mut out, workload, sources, limits, level, |d, t| {
+    let out = File::create(&partial).map_err(|e| Failure::io("creating the archive", e))?;
+    let mut w = StopWriter { inner: out, stop };
+    let res = archive::write(&mut w, workload, sources, limits, level, |d, t| {
         progress.set(d, t)
-    })?;
+    });
+    let written = match res {
+        Ok(w) => w,
+        Err(f) => {
+            let _ = fsops::remove_file(&partial);
+            return Err(f);
+        }
+    };
+    let out = w.inner;
     out.sync_all()
         .map_err(|e| Failure::io("syncing the archive", e))?;
     drop(out);
     std::fs::rename(&partial, dest).map_err(|e| Failure::io("placing the archive", e))?;
     fsops::fsync_dir(dir).map_err(|e| Failure::io("syncing the snapshot directory", e))?;
     Ok(written)
+}
+
+/// A file writer that fails once told to stop (a cancelled background archive).
+struct StopWriter<'a> {
+    inner: File,
+    stop: &'a AtomicBool,
+}
+
+impl io::Write for StopWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(io::Error::other("stopped"));
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 pub fn partial_path(dest: &Path) -> PathBuf {

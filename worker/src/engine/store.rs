@@ -169,3 +169,71 @@ pub async fn insert_imported(
     .await?;
     Ok(())
 }
+
+/// Enqueue the background archive of a kept pre-restore copy, with the ids its record
+/// chose (idempotent): the `pre-restore` snapshot row (`capturing`) and the
+/// `pre_restore_archive` job commit together. Returns false when the workload has an
+/// active job (single-flight): try again later.
+pub async fn enqueue_pre_restore_archive(
+    pool: &PgPool,
+    rec: &super::keep::KeepRecord,
+    node: &str,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    insert_capturing(
+        &mut *tx,
+        rec.snapshot_id,
+        rec.workload_id,
+        node,
+        SnapshotKind::PreRestore,
+    )
+    .await?;
+    // No conflict target: the single-flight index (whatever its predicate) and the
+    // primary key both end in "nothing inserted".
+    let inserted: Option<JobId> = sqlx::query_scalar(
+        "INSERT INTO jobs (id, kind, workload_id, snapshot_id, node, requested_by) \
+         VALUES ($1, 'pre_restore_archive', $2, $3, $4, 'volsnap-worker') \
+         ON CONFLICT DO NOTHING RETURNING id",
+    )
+    .bind(rec.archive_job_id)
+    .bind(rec.workload_id)
+    .bind(rec.snapshot_id)
+    .bind(node)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if inserted.is_none() {
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1)")
+            .bind(rec.archive_job_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !exists {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+    }
+    sqlx::query(
+        "INSERT INTO job_sources (job_id, source_job_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(rec.archive_job_id)
+    .bind(rec.job_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The job a job works for (an undo's restore, an archive's keeping job).
+pub async fn job_source(pool: &PgPool, job: JobId) -> Result<Option<JobId>, sqlx::Error> {
+    volsnap_shared::db::jobs::source_of(pool, job).await
+}
+
+/// The `pre-restore` snapshot linked to a job, if any.
+pub async fn pre_restore_of(pool: &PgPool, job: JobId) -> Result<Option<SnapshotId>, sqlx::Error> {
+    Ok(sqlx::query_scalar::<_, Option<SnapshotId>>(
+        "SELECT pre_restore_snapshot_id FROM jobs WHERE id = $1",
+    )
+    .bind(job)
+    .fetch_optional(pool)
+    .await?
+    .flatten())
+}
