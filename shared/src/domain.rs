@@ -70,6 +70,28 @@ text_enum!(
     }
 );
 
+impl JobKind {
+    /// Whether jobs of this kind change the workload's live data: such jobs are under
+    /// the workload's single-flight (one queued or running per workload, the
+    /// `jobs_one_active_per_workload` index) and hold its lock while they run. A plan
+    /// only reads; a pre-restore archive reads a kept copy that no longer is the live
+    /// data (it has its own per-copy lock on the node), so a restore or undo of the
+    /// workload never waits for one.
+    pub fn changes_workload(self) -> bool {
+        matches!(self, JobKind::Capture | JobKind::Restore | JobKind::Undo)
+    }
+}
+
+/// The SQL form of [`JobKind::changes_workload`], written exactly as the
+/// `jobs_one_active_per_workload` index's predicate (an `ON CONFLICT` clause must match it).
+/// `concat!`-able as `changes_workload_sql!()`.
+#[macro_export]
+macro_rules! changes_workload_sql {
+    () => {
+        "kind NOT IN ('plan', 'pre_restore_archive')"
+    };
+}
+
 text_enum!(
     /// Where a job is in its life. See docs/queue.md for the diagram.
     JobState {

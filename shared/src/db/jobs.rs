@@ -54,16 +54,16 @@ pub async fn list(pool: &PgPool, f: &JobFilter) -> Result<Page<Job>, sqlx::Error
     }))
 }
 
-/// The workload's queued or running capture or restore, if any (there is at most one;
-/// plans are outside single-flight and not counted).
+/// The workload's queued or running capture, restore or undo, if any (there is at most
+/// one; plans and pre-restore archives are outside single-flight and not counted).
 pub async fn active_for_workload<'e>(
     exec: impl PgExecutor<'e>,
     workload: WorkloadId,
 ) -> Result<Option<JobId>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE workload_id = $1 AND state IN ('queued', 'running') \
-         AND kind <> 'plan'",
-    )
+    sqlx::query_scalar(concat!(
+        "SELECT id FROM jobs WHERE workload_id = $1 AND state IN ('queued', 'running') AND ",
+        crate::changes_workload_sql!()
+    ))
     .bind(workload)
     .fetch_optional(exec)
     .await

@@ -91,7 +91,7 @@ pub async fn enqueue_with(
     job: &NewJob,
     opts: &JobOptions,
 ) -> Result<Job, EnqueueError> {
-    if job.kind == JobKind::Plan {
+    if !job.kind.changes_workload() {
         let sql = concat!(
             "INSERT INTO jobs (id, kind, workload_id, snapshot_id, node, batch_id, requested_by, verify) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
@@ -113,8 +113,9 @@ pub async fn enqueue_with(
     let sql = concat!(
         "INSERT INTO jobs (id, kind, workload_id, snapshot_id, node, batch_id, requested_by, verify) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-         ON CONFLICT (workload_id) WHERE state IN ('queued', 'running') AND kind <> 'plan' DO NOTHING \
-         RETURNING ",
+         ON CONFLICT (workload_id) WHERE state IN ('queued', 'running') AND ",
+        crate::changes_workload_sql!(),
+        " DO NOTHING RETURNING ",
         crate::job_columns!(),
         ""
     );
@@ -134,14 +135,9 @@ pub async fn enqueue_with(
         if let Some(j) = inserted {
             return Ok(j);
         }
-        let active: Option<JobId> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE workload_id = $1 AND state IN ('queued', 'running') \
-             AND kind <> 'plan'",
-        )
-        .bind(job.workload_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(active_job) = active {
+        if let Some(active_job) =
+            crate::db::jobs::active_for_workload(&mut *conn, job.workload_id).await?
+        {
             return Err(EnqueueError::AlreadyActive { active_job });
         }
     }
@@ -249,21 +245,25 @@ pub async fn cancel(pool: &PgPool, id: JobId) -> Result<CancelOutcome, sqlx::Err
 }
 
 /// Return running jobs whose heartbeat is older than `lease` to their node as
-/// `queued` + `recovering` (a `plan`, read-only and idempotent, as plainly `queued`:
-/// it has nothing to recover and is simply run again). The attempt is not changed here; the next claim bumps it,
+/// `queued` + `recovering` (a `plan` or a pre-restore archive, which change no live
+/// data and are idempotent, as plainly `queued`: they are simply run again). The attempt is not changed here; the next claim bumps it,
 /// which fences the stale owner.
 pub async fn rescue_expired(pool: &PgPool, lease: Duration) -> Result<Vec<JobId>, sqlx::Error> {
-    let ids: Vec<JobId> = sqlx::query_scalar(
+    let ids: Vec<JobId> = sqlx::query_scalar(concat!(
         // Locks in id order, as the heartbeat and the completer do.
         "WITH locked AS MATERIALIZED (SELECT id FROM jobs \
            WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => $1) \
            ORDER BY id FOR UPDATE) \
-         UPDATE jobs SET state = 'queued', recovering = (kind <> 'plan'), worker_id = NULL, \
-         phase = CASE WHEN kind = 'plan' THEN 'queued' ELSE 'awaiting recovery' END FROM locked \
+         UPDATE jobs SET state = 'queued', recovering = (",
+        crate::changes_workload_sql!(),
+        "), worker_id = NULL, \
+         phase = CASE WHEN ",
+        crate::changes_workload_sql!(),
+        " THEN 'awaiting recovery' ELSE 'queued' END FROM locked \
          WHERE jobs.id = locked.id AND state = 'running' \
            AND heartbeat_at < now() - make_interval(secs => $1) \
          RETURNING jobs.id",
-    )
+    ))
     .bind(lease.as_secs_f64())
     .fetch_all(pool)
     .await?;

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::events::{INSERT_CHANNEL, spawn_listener};
 use super::locks::Locks;
 use super::{ADVISORY_LOCK_CLASS, QueueError, stats, workload_lock_key};
-use crate::domain::{Job, JobKind, JobState};
+use crate::domain::{Job, JobState};
 use crate::ids::{JobId, SnapshotId};
 
 /// How a worker behaves. Defaults suit production; tests shorten the intervals.
@@ -816,10 +816,10 @@ async fn run_one<H: JobHandler>(
     } = &*shared;
     let (id, attempt, batched) = (ctx.job.id, ctx.job.attempt, ctx.job.batch_id.is_some());
     let key = workload_lock_key(ctx.job.workload_id);
-    // A plan reads and changes nothing: it takes no workload lock, so it neither waits
-    // for nor holds up the workload's capture or restore (its liveness is its heartbeat,
-    // see `rescue_orphans_on_node`).
-    let takes_lock = ctx.job.kind != JobKind::Plan;
+    // A plan or pre-restore archive changes no live data: it takes no workload lock, so
+    // it neither waits for nor holds up the workload's capture, restore or undo (its
+    // liveness is its heartbeat, see `rescue_orphans_on_node`).
+    let takes_lock = ctx.job.kind.changes_workload();
     let locked = if !takes_lock {
         true
     } else {
@@ -1383,14 +1383,16 @@ async fn rescue_orphans_on_node(
     let held: Vec<JobId> = in_hand.map_or_else(Vec::new, |h| {
         h.lock().expect("in-hand set").ids.iter().copied().collect()
     });
-    let candidates: Vec<(JobId, i32, crate::ids::WorkloadId, bool, bool)> = sqlx::query_as(
-        "SELECT j.id, j.attempt, j.workload_id, j.worker_id = $3, j.kind = 'plan' FROM jobs j \
+    let candidates: Vec<(JobId, i32, crate::ids::WorkloadId, bool, bool)> = sqlx::query_as(concat!(
+        "SELECT j.id, j.attempt, j.workload_id, j.worker_id = $3, NOT (j.",
+        crate::changes_workload_sql!(),
+        ") FROM jobs j \
          WHERE j.state = 'running' AND j.node = $1 \
            AND j.heartbeat_at < now() - make_interval(secs => $2) \
            AND CASE WHEN j.worker_id = $3 THEN NOT (j.id = ANY($4)) \
              ELSE NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = j.worker_id \
                AND w.stopped_at IS NULL AND w.heartbeat_at >= now() - make_interval(secs => $2)) END",
-    )
+    ))
     .bind(&cfg.node)
     .bind((cfg.heartbeat_interval * 2).as_secs_f64())
     .bind(&cfg.worker_id)
@@ -1398,10 +1400,11 @@ async fn rescue_orphans_on_node(
     .fetch_all(pool)
     .await?;
     let mut rescued = 0;
-    for (id, attempt, workload, ours, plan) in candidates {
-        if plan {
-            // A plan holds no workload lock: its owner is judged by the heartbeats alone
-            // (the query above). It is read-only and idempotent, so it is simply queued
+    for (id, attempt, workload, ours, lock_free) in candidates {
+        if lock_free {
+            // A plan or pre-restore archive holds no workload lock: its owner is judged
+            // by the heartbeats alone (the query above). It changes no live data and is
+            // idempotent, so it is simply queued
             // again; the claim bumps the attempt, which fences a stale owner's writes.
             if ours && in_hand.is_none_or(|h| h.lock().expect("in-hand set").may_hold(id)) {
                 continue;
