@@ -5,9 +5,8 @@
 //! restore); 409 `not_undoable` unless the job is a succeeded `restore` (or `undo`:
 //! undoing an undo puts the restored data back); 409 `not_latest_change` when a later
 //! restore or undo of the workload succeeded (undoing this one would discard it); 409
-//! `active_job` when the workload has an active job (named) — including the
-//! background archive of a kept copy, which can be cancelled; else 202 with the undo
-//! job. The worker swaps the kept directory back in while it exists on the node, else
+//! `active_job` when the workload has an active capture, restore or undo (named; a
+//! background archive of a kept copy never blocks it); else 202 with the undo job. The worker swaps the kept directory back in while it exists on the node, else
 //! restores the job's `pre-restore` snapshot (docs/engine.md).
 
 use axum::Extension;
@@ -132,7 +131,7 @@ async fn check_and_enqueue(
         (status = 400, description = "confirmation missing or not the job id", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "unknown job (or its workload is gone)", body = ErrorBody),
-        (status = 409, description = "`not_undoable`: not a succeeded restore/undo; `not_latest_change`: a later restore or undo of the workload succeeded (named in `error.job_id`); `active_job`: the workload has an active job (named), e.g. the background archive of a kept copy; `job_cancelled`: the waited job was cancelled", body = ErrorBody),
+        (status = 409, description = "`not_undoable`: not a succeeded restore/undo; `not_latest_change`: a later restore or undo of the workload succeeded (named in `error.job_id`); `active_job`: the workload has an active capture, restore or undo (named; a background pre-restore archive never blocks an undo); `job_cancelled`: the waited job was cancelled", body = ErrorBody),
         (status = 422, description = "waited: the undo failed for a reason the client can act on", body = ErrorBody),
         (status = 500, description = "waited: the undo failed for an internal reason", body = ErrorBody),
     ))]

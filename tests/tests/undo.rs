@@ -302,12 +302,14 @@ async fn retention_then_undo_by_archive(_: PgPoolOptions, opts: PgConnectOptions
     let kept_at = Instant::now();
     let reached = PathBuf::from(format!("{}.reached", pause.display()));
     wait_until("the archive job starts", async || reached.exists()).await;
-    // While it runs, the workload is busy: an undo is refused naming the archive job.
+    // While it runs, the workload is free: the archive is outside single-flight.
     let archive = archive_job_of(&s.env, restore).await.unwrap();
-    let (st, body) = api.undo(restore).await;
-    assert_eq!(st, StatusCode::CONFLICT, "{body}");
-    assert_eq!(body["error"]["code"], "active_job");
-    assert_eq!(body["error"]["job_id"], archive.to_string());
+    assert_eq!(
+        volsnap_shared::db::jobs::active_for_workload(&s.env.pool, s.w)
+            .await
+            .unwrap(),
+        None
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         s.env.kept_dirs(&s.vols).len(),
@@ -356,6 +358,106 @@ async fn retention_then_undo_by_archive(_: PgPoolOptions, opts: PgConnectOptions
     assert!(s.running());
     assert!(s.env.journals().is_empty());
     assert!(s.env.stray_side_dirs(&s.vols).is_empty());
+}
+
+/// A pre-restore archive holds up neither a restore nor an undo of its workload: while
+/// one is held mid-way, another restore runs to the end; and an undo of the copy being
+/// archived asks the archive to hand the copy over, which it does (its job is queued
+/// again and ends `cancelled`, never `failed`: nothing to alert on).
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn archives_never_hold_up_a_restore_or_an_undo(_: PgPoolOptions, opts: PgConnectOptions) {
+    let s = setup(opts).await;
+    let api = api(&s.env.pool).await;
+    let paused = |name: &str| {
+        let pause = s.env.root().join(name);
+        let w = s.env.worker_env(
+            None,
+            &[],
+            &[
+                ("VOLSNAP_PAUSE_AT", "archive.row"),
+                ("VOLSNAP_PAUSE_FILE", pause.to_str().unwrap()),
+                ("VOLSNAP_PAUSE_ONCE", "1"),
+            ],
+        );
+        (w, pause)
+    };
+    let reached = |p: &Path| PathBuf::from(format!("{}.reached", p.display()));
+    let go = |p: &Path| std::fs::write(format!("{}.go", p.display()), "").unwrap();
+
+    // 1. A restore while an earlier restore's copy is being archived.
+    let (w1, pause) = paused("pause-1");
+    let r1 = api.restore(s.w, s.sid).await;
+    wait_until("the first archive starts", async || {
+        reached(&pause).exists()
+    })
+    .await;
+    let a1 = archive_job_of(&s.env, r1).await.unwrap();
+    let t = Instant::now();
+    let r2 = api.restore(s.w, s.sid).await;
+    let r2_took = t.elapsed();
+    assert_eq!(s.env.job(r2).await.state, JobState::Succeeded);
+    assert!(
+        !s.env.job(a1).await.state.is_final(),
+        "the first archive is still held"
+    );
+    assert_eq!(s.live(), s.new);
+    assert!(s.running());
+    eprintln!("restore beside a held archive took {r2_took:?}");
+    go(&pause);
+    let a = s.env.wait_final(a1, TIMEOUT).await;
+    assert_eq!(a.state, JobState::Succeeded, "{a:?}");
+    s.env.wait_pre_restore(r2, TIMEOUT).await;
+    w1.stop();
+
+    // 2. An undo of the copy whose archive is held mid-way. The app changed its data
+    // since r2, so the undo has something to bring back.
+    let live = s.env.host_path(&s.vols[0]);
+    std::fs::write(live.join("written-by-the-app"), b"after r2").unwrap();
+    let before = s.live();
+    let (w2, pause) = paused("pause-2");
+    let r3 = api.restore(s.w, s.sid).await;
+    assert_eq!(s.live(), s.new);
+    wait_until("the third archive starts", async || {
+        reached(&pause).exists()
+    })
+    .await;
+    let a3 = archive_job_of(&s.env, r3).await.unwrap();
+    let (st, body) = api
+        .post(
+            &format!("/api/jobs/{r3}/undo"),
+            &api.admin,
+            Some(&r3.to_string()),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    let undo: JobId = body["job"]["id"].as_str().unwrap().parse().unwrap();
+    // The undo waits for the copy; nothing is swapped while the archive holds it.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!s.env.job(undo).await.state.is_final());
+    assert_eq!(s.live(), s.new);
+    go(&pause);
+    let u = s.env.wait_final(undo, TIMEOUT).await;
+    assert_eq!(u.state, JobState::Succeeded, "{u:?}");
+    assert_eq!(s.live(), before, "the undo brought the app's data back");
+    assert!(s.running());
+    let a = s.env.wait_final(a3, TIMEOUT).await;
+    assert_eq!(
+        a.state,
+        JobState::Cancelled,
+        "the archive handed the copy over: {a:?}"
+    );
+    // The undo keeps what it displaced, and that copy is archived in turn.
+    s.env.wait_pre_restore(undo, TIMEOUT).await;
+    let failed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE kind = 'pre_restore_archive' AND state = 'failed'",
+    )
+    .fetch_one(&s.env.pool)
+    .await
+    .unwrap();
+    assert_eq!(failed, 0);
+    assert!(s.env.journals().is_empty());
+    assert!(s.env.stray_side_dirs(&s.vols).is_empty());
+    w2.stop();
 }
 
 /// A tmpfs mounted for the test, unmounted on drop.

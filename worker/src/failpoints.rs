@@ -86,18 +86,34 @@ pub fn hit(name: &str) {
 }
 
 /// `VOLSNAP_PAUSE_AT=<point>` with `VOLSNAP_PAUSE_FILE=<path>`: at that point, create
-/// `<path>.reached` and block until `<path>.go` exists (at most 5 minutes). Tests use it
+/// `<path>.reached` and block until `<path>.go` exists (at most 5 minutes; with
+/// `VOLSNAP_PAUSE_ONCE` set, only the first hit pauses). Tests use it
 /// to change the world between two steps (e.g. swap a directory for a symlink).
 #[cfg(feature = "failpoints")]
 fn pause(name: &str) {
     let Ok(base) = std::env::var("VOLSNAP_PAUSE_FILE") else {
         return;
     };
+    let reached = format!("{base}.reached");
+    // With VOLSNAP_PAUSE_ONCE set, only the first hit in this run pauses.
+    if std::env::var_os("VOLSNAP_PAUSE_ONCE").is_some() && std::path::Path::new(&reached).exists() {
+        return;
+    }
     eprintln!("volsnap: VOLSNAP_PAUSE_AT={name}: waiting for {base}.go");
-    let _ = std::fs::write(format!("{base}.reached"), name);
+    let _ = std::fs::write(&reached, name);
     let go = std::path::PathBuf::from(format!("{base}.go"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while !go.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    let wait = move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        while !go.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    // On a runtime worker thread, hand the thread's other tasks to the rest of the
+    // runtime first: the paused process goes on running its other jobs.
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
     }
 }

@@ -157,3 +157,15 @@ pub async fn later_change<'e>(
     .fetch_optional(exec)
     .await
 }
+
+/// Whether an undo of `job` is running or succeeded (its pre-restore copy was, or is
+/// being, put back).
+pub async fn undone<'e>(exec: impl PgExecutor<'e>, job: JobId) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM jobs j JOIN job_sources s ON s.job_id = j.id \
+         WHERE s.source_job_id = $1 AND j.kind = 'undo' AND j.state IN ('running', 'succeeded'))",
+    )
+    .bind(job)
+    .fetch_one(exec)
+    .await
+}

@@ -16,9 +16,14 @@
 //!   follows a symlink) and then the record. A copy whose archive failed is never
 //!   removed: it is the only copy of that data.
 //!
-//! Records are only touched under the workload's node-local lock
-//! ([`super::nodelock`]), which every job of the workload holds for its whole run, and
-//! never while the workload has an unfinished journal on this node.
+//! A record is only changed under its copy's node-local lock
+//! ([`super::nodelock::try_lock_copy`]): the archive job holds it while it reads the
+//! copy, an undo while it swaps the copy back (asking a running archive to hand it over
+//! first), the sweep while it maintains the record; the sweep also takes the
+//! workload's node lock and skips a workload with an unfinished journal on this node.
+//! A restore or undo writes its own, new record under the workload's lock. The archive
+//! holds no workload lock and is outside single-flight: a restore or undo of the
+//! workload never waits for the archive of an earlier copy.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -211,9 +216,12 @@ pub async fn keep_after_commit(
     if j.kind == JobKind::Undo {
         crash_point!("undo.kept");
         if let Some(source) = j.undoes {
+            let dir = eng.cfg.state_dir.clone();
             blocking(move || {
                 kept.remove(source)
-                    .map_err(|e| Failure::io("releasing the reverted job's keep record", e))
+                    .map_err(|e| Failure::io("releasing the reverted job's keep record", e))?;
+                nodelock::remove_copy_lock_file(&dir, source);
+                Ok(())
             })
             .await?;
         }
@@ -273,6 +281,13 @@ pub async fn sweep(eng: &Engine) -> Result<(), Failure> {
         if has_open_journal(eng, rec.workload_id) {
             continue;
         }
+        // The copy's own lock: its archive job (which holds no workload lock) or an
+        // undo may be at it.
+        let Some(_copy_lock) = nodelock::try_lock_copy(&eng.cfg.state_dir, rec.job_id)
+            .map_err(|e| Failure::io("taking a kept copy's lock", e))?
+        else {
+            continue;
+        };
         // Re-read under the lock: a job may have changed or released it meanwhile.
         let Some(rec) = eng
             .kept
@@ -370,6 +385,7 @@ async fn remove_kept(eng: &Engine, rec: &KeepRecord) -> Result<(), Failure> {
             .map_err(|e| Failure::io("removing a keep record", e))
     })
     .await?;
+    nodelock::remove_copy_lock_file(&eng.cfg.state_dir, rec.job_id);
     tracing::info!(job_id = %rec.job_id, "kept pre-restore copy removed after its retention");
     Ok(())
 }

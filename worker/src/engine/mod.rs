@@ -180,32 +180,18 @@ impl Engine {
     /// Wait (a bounded time) for the node-local workload lock: a predecessor that lost
     /// its database connection but still runs a step here must finish first.
     async fn node_lock(&self, ctx: &JobContext) -> Result<nodelock::WorkloadLock, JobOutcome> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        let mut warned = false;
-        loop {
-            match nodelock::try_lock(&self.cfg.state_dir, ctx.job.workload_id) {
-                Ok(Some(l)) => return Ok(l),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot take the node-local workload lock");
-                    return Err(JobOutcome::RequeueForRecovery);
-                }
-            }
-            if !warned {
-                tracing::warn!(job_id = %ctx.id(), "another process on this node still works on this workload; waiting");
-                warned = true;
-            }
-            if ctx.lease_lost.is_cancelled() {
-                return Err(JobOutcome::Abandon);
-            }
+        let (dir, workload) = (&self.cfg.state_dir, ctx.job.workload_id);
+        match wait_for_node_lock(ctx, "workload", false, || nodelock::try_lock(dir, workload)).await
+        {
+            Ok(l) => Ok(l),
+            Err(LockWait::LeaseLost) => Err(JobOutcome::Abandon),
             // Nothing done yet: a stop hands the job back (its recovering flag kept).
-            if ctx.shutdown.is_cancelled() {
-                return Err(JobOutcome::Requeue);
+            Err(LockWait::Shutdown | LockWait::Cancelled) => Err(JobOutcome::Requeue),
+            Err(LockWait::TimedOut) => Err(JobOutcome::RequeueForRecovery),
+            Err(LockWait::Broken(e)) => {
+                tracing::error!(error = %e, "cannot take the node-local workload lock");
+                Err(JobOutcome::RequeueForRecovery)
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(JobOutcome::RequeueForRecovery);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -297,6 +283,61 @@ where
     res
 }
 
+/// Why [`wait_for_node_lock`] gave up.
+#[derive(Debug)]
+pub(crate) enum LockWait {
+    LeaseLost,
+    Shutdown,
+    /// A client asked to cancel the job (only when `watch_cancel`).
+    Cancelled,
+    /// Still held after two minutes.
+    TimedOut,
+    Broken(std::io::Error),
+}
+
+/// Wait (at most two minutes, polling every 200 ms) for a node-local lock that
+/// `try_lock` takes, giving up when the job's lease is lost, the process stops, or —
+/// with `watch_cancel` — a cancel is requested.
+pub(crate) async fn wait_for_node_lock(
+    ctx: &JobContext,
+    what: &'static str,
+    watch_cancel: bool,
+    mut try_lock: impl FnMut() -> std::io::Result<Option<nodelock::WorkloadLock>>,
+) -> Result<nodelock::WorkloadLock, LockWait> {
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    let mut warned = false;
+    let mut last_cancel_check = started;
+    loop {
+        match try_lock() {
+            Ok(Some(l)) => return Ok(l),
+            Ok(None) => {}
+            Err(e) => return Err(LockWait::Broken(e)),
+        }
+        if !warned {
+            tracing::warn!(job_id = %ctx.id(), lock = what, "another job or process on this node holds the lock; waiting");
+            warned = true;
+        }
+        if ctx.lease_lost.is_cancelled() {
+            return Err(LockWait::LeaseLost);
+        }
+        if ctx.shutdown.is_cancelled() {
+            return Err(LockWait::Shutdown);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(LockWait::TimedOut);
+        }
+        if watch_cancel && now - last_cancel_check >= Duration::from_secs(1) {
+            last_cancel_check = now;
+            if let Ok(true) = ctx.cancel_requested().await {
+                return Err(LockWait::Cancelled);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 impl JobHandler for Engine {
     async fn startup_recovery(&self) -> anyhow::Result<()> {
         recovery::startup_sweep(self).await
@@ -307,17 +348,19 @@ impl JobHandler for Engine {
         if ctx.job.kind == JobKind::Plan {
             return outcome_of(&ctx, plan::run(self, &ctx).await);
         }
+        // A pre-restore archive reads a kept copy, which is no longer live data: it
+        // takes that copy's lock, not the workload's (a restore or undo of the workload
+        // never waits for it). It is idempotent: a crashed run is simply run again.
+        if ctx.job.kind == JobKind::PreRestoreArchive {
+            return outcome_of(&ctx, prearchive::run(self, &ctx).await);
+        }
         let _node_lock = match self.node_lock(&ctx).await {
             Ok(l) => l,
             Err(outcome) => return outcome,
         };
         // A journal we cannot even read is treated as one to recover (which keeps it).
         let has_journal = !matches!(self.journals.read(ctx.id()), Ok(None));
-        let res = if ctx.job.kind == JobKind::PreRestoreArchive {
-            // Reads the kept copy and writes a new file: idempotent, so a crashed run
-            // is simply run again (there is no journal).
-            prearchive::run(self, &ctx).await
-        } else if ctx.job.recovering || has_journal {
+        let res = if ctx.job.recovering || has_journal {
             recovery::recover_claimed(self, &ctx).await
         } else {
             match ctx.job.kind {

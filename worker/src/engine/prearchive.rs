@@ -26,7 +26,9 @@ use super::error::{Failure, Stop};
 use super::journal::Outcome;
 use super::keep::{self, KeepRecord};
 use super::restore::{held, partial_path, reopen_parents, write_archive_durably_until};
-use super::{Engine, Progress, archive, blocking, fsops, store};
+use super::{
+    Engine, LockWait, Progress, archive, blocking, fsops, nodelock, store, wait_for_node_lock,
+};
 use crate::crash_point;
 
 /// The kept copy this job was to archive is gone (released by an undo, or removed).
@@ -43,6 +45,38 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
     })
     .await
     .map_err(Stop::Retry)?;
+    // The copy's own lock, not the workload's: an undo that swaps this copy back in
+    // (and cancels this job first) or the maintenance sweep may hold it a moment.
+    let (rec, _copy_lock) = match rec {
+        Some(rec) => {
+            let (dir, keeper) = (eng.cfg.state_dir.clone(), rec.job_id);
+            let lock = wait_for_node_lock(ctx, "kept copy", true, || {
+                nodelock::try_lock_copy(&dir, keeper)
+            })
+            .await
+            .map_err(|w| match w {
+                LockWait::LeaseLost => Stop::LeaseLost,
+                LockWait::Shutdown => Stop::Shutdown,
+                LockWait::Cancelled => Stop::Cancelled,
+                LockWait::TimedOut => Stop::Retry(Failure::new(
+                    failure::INTERNAL,
+                    "the kept pre-restore copy stayed busy (an undo or the maintenance sweep held it)",
+                )),
+                LockWait::Broken(e) => Stop::Retry(Failure::io("taking the kept copy's lock", e)),
+            })?;
+            // Re-read under the lock: an undo may have released the copy meanwhile.
+            let kept = eng.kept.clone();
+            let rec = blocking(move || {
+                kept.read(keeper)
+                    .map_err(|e| Failure::io("reading the keep record", e))
+            })
+            .await
+            .map_err(Stop::Retry)?
+            .filter(|r| r.archive_job_id == me);
+            (rec, Some(lock))
+        }
+        None => (None, None),
+    };
     let Some(rec) = rec else {
         // Already archived by an earlier attempt whose record was then removed, or
         // released by an undo before this job ran.
@@ -54,12 +88,35 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
         if let Some(sid) = ctx.job.snapshot_id {
             store::mark_failed(&eng.pool, sid).await?;
         }
+        // An undo put the copy back (or a client cancelled): nothing is left to
+        // archive, which is not a failure to alert on.
+        if let Ok(true) = ctx.cancel_requested().await {
+            return Err(Stop::Cancelled);
+        }
+        if let Some(keeper) = store::job_source(&eng.pool, me).await?
+            && volsnap_shared::db::jobs::undone(&eng.pool, keeper).await?
+        {
+            tracing::info!(%keeper, "the kept copy was put back by an undo; nothing to archive");
+            return Err(Stop::Cancelled);
+        }
         return Ok(Outcome::Failed {
             code: COPY_GONE.into(),
             message: "the kept pre-restore copy no longer exists on this node (undone or removed)"
                 .into(),
         });
     };
+    if nodelock::copy_wanted(&eng.cfg.state_dir, rec.job_id) {
+        tracing::info!(job_id = %me, keeper = %rec.job_id, "an undo wants this kept copy; handing the archive back");
+        return Err(Stop::Shutdown);
+    }
+    // An undo of this copy that crashed mid-way is recovered first: until then the
+    // copy may be half swapped back.
+    if undo_of_copy_pending(eng, rec.job_id) {
+        return Err(Stop::Retry(Failure::new(
+            failure::INTERNAL,
+            "an interrupted undo of this copy is awaiting recovery",
+        )));
+    }
     match archive_kept(eng, ctx, &rec).await {
         Ok(()) => Ok(Outcome::Succeeded),
         Err(stop) => {
@@ -91,6 +148,19 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
     }
 }
 
+/// Whether this node holds an unfinished journal of an undo that swaps the copy kept by
+/// `keeper` back in (an unreadable journal counts: it is kept for recovery).
+fn undo_of_copy_pending(eng: &Engine, keeper: volsnap_shared::ids::JobId) -> bool {
+    let Ok(ids) = eng.journals.list() else {
+        return true;
+    };
+    ids.into_iter().any(|id| match eng.journals.read(id) {
+        Ok(Some(j)) => j.undoes == Some(keeper),
+        Ok(None) => false,
+        Err(_) => true,
+    })
+}
+
 fn rel_of(rec: &KeepRecord) -> String {
     format!("{}/{}.tar.gz", rec.workload_id, rec.snapshot_id)
 }
@@ -106,6 +176,10 @@ async fn archive_kept(eng: &Engine, ctx: &JobContext, rec: &KeepRecord) -> Resul
     )
     .await?;
     crash_point!("archive.row");
+    if nodelock::copy_wanted(&eng.cfg.state_dir, rec.job_id) {
+        tracing::info!(keeper = %rec.job_id, "an undo wants this kept copy; handing the archive back");
+        return Err(Stop::Shutdown);
+    }
     if store::snapshot_state(&eng.pool, sid).await? != Some(SnapshotState::Ready) {
         let rel = rel_of(rec);
         let dest = eng.snapshot_file(&rel)?;
@@ -157,6 +231,11 @@ async fn archive_kept(eng: &Engine, ctx: &JobContext, rec: &KeepRecord) -> Resul
             if ctx.lease_lost.is_cancelled() {
                 why = Some(Stop::LeaseLost);
             } else if ctx.shutdown.is_cancelled() {
+                why = Some(Stop::Shutdown);
+            } else if nodelock::copy_wanted(&eng.cfg.state_dir, rec.job_id) {
+                // An undo waits for this copy: stop and hand the job back to the queue
+                // (like a shutdown: nothing kept, run again later).
+                tracing::info!(keeper = %rec.job_id, "an undo wants this kept copy; handing the archive back");
                 why = Some(Stop::Shutdown);
             } else {
                 let (done, total) = progress_of(&progress);

@@ -21,18 +21,20 @@ use std::time::Instant;
 
 use volsnap_shared::domain::{JobKind, SourceKind};
 use volsnap_shared::failure;
+use volsnap_shared::ids::JobId;
 use volsnap_shared::queue::worker::JobContext;
 
 use super::dirs::{self, ParentDir};
 use super::error::{BeforeAnyChange as _, Failure, Stop};
 use super::journal::{Journal, JournalState, Outcome, PlannedVolume};
 use super::keep::KeepRecord;
+use super::nodelock::{self, WorkloadLock};
 use super::restore::{
     close_journal, finish_forward, held, quiesce_and_swap, refuse_pending_journal, reopen_parents,
     roll_back, run_snapshot, write_journal,
 };
 use super::swap::{self, Side};
-use super::{Engine, blocking, paths, store};
+use super::{Engine, LockWait, blocking, paths, store, wait_for_node_lock};
 use crate::crash_point;
 
 use failure::UNDO_UNAVAILABLE;
@@ -44,6 +46,9 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
         .await
         .before_any_change()?
         .ok_or_else(|| Failure::new(UNDO_UNAVAILABLE, "the undo names no job to revert"))?;
+    // The copy's lock for the whole undo: its background archive (asked to hand the
+    // copy over, see `nodelock::copy_want_path`) and the maintenance sweep keep off it.
+    let _copy_lock = take_copy(eng, ctx, source).await.before_any_change()?;
     let kept = eng.kept.clone();
     let rec = blocking(move || {
         kept.read(source)
@@ -72,6 +77,35 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
     };
     tracing::info!(%source, snapshot_id = %sid, "undo by archive: restoring the pre-restore snapshot");
     run_snapshot(eng, ctx, sid).await
+}
+
+/// Take the lock of the copy kept by `source`. If an archive job is reading it, ask it
+/// to hand the copy over (it stops within ~250 ms and is queued again) and wait.
+async fn take_copy(eng: &Engine, ctx: &JobContext, source: JobId) -> Result<WorkloadLock, Stop> {
+    let dir = eng.cfg.state_dir.clone();
+    if let Some(l) = nodelock::try_lock_copy(&dir, source)
+        .map_err(|e| Failure::io("taking the kept copy's lock", e))?
+    {
+        return Ok(l);
+    }
+    let want = nodelock::copy_want_path(&dir, source);
+    std::fs::write(&want, b"").map_err(|e| Failure::io("asking for the kept copy", e))?;
+    let got = wait_for_node_lock(ctx, "kept copy", true, || {
+        nodelock::try_lock_copy(&dir, source)
+    })
+    .await;
+    let _ = std::fs::remove_file(&want);
+    got.map_err(|w| match w {
+        LockWait::LeaseLost => Stop::LeaseLost,
+        LockWait::Shutdown => Stop::Shutdown,
+        LockWait::Cancelled => Stop::Cancelled,
+        LockWait::TimedOut => Failure::new(
+            failure::INTERNAL,
+            "the kept pre-restore copy stayed busy for two minutes (its archive did not hand it over)",
+        )
+        .into(),
+        LockWait::Broken(e) => Failure::io("taking the kept copy's lock", e).into(),
+    })
 }
 
 /// Pre-flight of an undo by directory: nothing is touched. The workload's current
