@@ -107,6 +107,16 @@ async fn downtime_sum(pool: &PgPool) -> f64 {
         .unwrap_or(0.0)
 }
 
+struct CaptureRow {
+    mib: usize,
+    whole: f64,
+    bytes: f64,
+    pigz: f64,
+    pigz_bytes: f64,
+    gzip: f64,
+    gzip_bytes: f64,
+}
+
 struct Row {
     mib: usize,
     archive_mib: f64,
@@ -197,6 +207,7 @@ async fn main() {
     let mut rows = vec![];
     let mut verified: Vec<(usize, f64, f64, f64, f64)> = vec![];
     let mut timelines = vec![];
+    let mut captures: Vec<CaptureRow> = vec![];
     let mut containers = vec![];
     for mib in sizes {
         eprintln!("== {mib} MiB: generating data");
@@ -447,6 +458,84 @@ async fn main() {
         std::fs::remove_dir_all(&out).unwrap();
         std::fs::remove_dir_all(&src).unwrap();
 
+        // Capture of the same live volume (the snapshot's data, restored above) through
+        // the worker — the whole job: stop, archive, fsync, start — beside the GNU
+        // pipelines on the same tree, in the same run.
+        eprintln!("== {mib} MiB: capture through the worker vs tar | pigz / gzip");
+        let workload = volsnap_shared::db::workloads::get(&pool, w)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        let snap = volsnap_shared::db::snapshots::insert_capturing(&mut conn, &workload)
+            .await
+            .unwrap();
+        let _ = Command::new("sync").status();
+        let cjob = queue::enqueue(
+            &mut conn,
+            &NewJob {
+                kind: JobKind::Capture,
+                workload_id: w,
+                snapshot_id: Some(snap.id),
+                node: NODE.into(),
+                batch_id: None,
+                requested_by: None,
+            },
+        )
+        .await
+        .unwrap()
+        .id;
+        drop(conn);
+        let capture_whole = loop {
+            let j = queue::get_job(&pool, cjob).await.unwrap().unwrap();
+            if j.state.is_final() {
+                assert_eq!(
+                    j.state,
+                    volsnap_shared::domain::JobState::Succeeded,
+                    "{j:?}"
+                );
+                break (j.finished_at.unwrap() - j.started_at.unwrap()).num_milliseconds() as f64
+                    / 1000.0;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let captured = volsnap_shared::db::snapshots::get(&pool, snap.id)
+            .await
+            .unwrap()
+            .unwrap();
+        let capture_bytes = captured.size_bytes.unwrap_or(0) as f64;
+        let pipe = |compressor: &str| {
+            let out = root.join(format!("work/cmp-{mib}.tar.gz"));
+            let _ = Command::new("sync").status();
+            let t = Instant::now();
+            let st = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "tar -C \"$1\" -cf - . | {compressor} > \"$2\" && sync -f \"$2\""
+                ))
+                .arg("sh")
+                .arg(&target)
+                .arg(&out)
+                .status()
+                .unwrap();
+            assert!(st.success(), "{compressor}");
+            let secs = t.elapsed().as_secs_f64();
+            let bytes = std::fs::metadata(&out).unwrap().len() as f64;
+            std::fs::remove_file(&out).unwrap();
+            (secs, bytes)
+        };
+        let (pigz, pigz_bytes) = pipe("pigz -6 -p 2");
+        let (gzip, gzip_bytes) = pipe("gzip -6");
+        captures.push(CaptureRow {
+            mib,
+            whole: capture_whole,
+            bytes: capture_bytes,
+            pigz,
+            pigz_bytes,
+            gzip,
+            gzip_bytes,
+        });
+
         rows.push(Row {
             mib,
             archive_mib: s.size as f64 / 1048576.0,
@@ -469,6 +558,27 @@ async fn main() {
     }
     let _ = std::fs::remove_dir_all(&root);
 
+    println!(
+        "Capture of the live volume: the worker's whole capture job (stop, archive, fsync, start) vs `tar -cf - . | pigz -6 -p 2` and `| gzip -6` (+ fsync of the output) on the same tree:"
+    );
+    println!(
+        "| volume | capture job | pigz -6 -p 2 | job / pigz | gzip -6 | job / gzip | size vs pigz | size vs gzip |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for c in &captures {
+        println!(
+            "| {} MiB | {:.2} s | {:.2} s | {:.2} | {:.2} s | {:.2} | {:+.2} % | {:+.2} % |",
+            c.mib,
+            c.whole,
+            c.pigz,
+            c.whole / c.pigz,
+            c.gzip,
+            c.whole / c.gzip,
+            (c.bytes / c.pigz_bytes - 1.0) * 100.0,
+            (c.bytes / c.gzip_bytes - 1.0) * 100.0
+        );
+    }
+    println!();
     println!("Verification's added time (the same restore without and with `verify`):");
     println!(
         "| volume | downtime | downtime, verified | added | whole job | whole job, verified | added |"
