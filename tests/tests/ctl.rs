@@ -526,9 +526,14 @@ struct Tmux {
 
 impl Tmux {
     fn new() -> Tmux {
-        Tmux {
+        let t = Tmux {
             socket: format!("volsnapctl-test-{}", uuid::Uuid::new_v4().simple()),
-        }
+        };
+        // A session that outlives the test's own: killing the last session makes the
+        // server exit, and a `new-session` racing that exit fails with "server exited
+        // unexpectedly" (seen in CI).
+        t.cmd(&["new-session", "-d", "-s", "keep", "sleep 3600"]);
+        t
     }
     fn cmd(&self, args: &[&str]) -> String {
         let out = std::process::Command::new("tmux")
