@@ -124,8 +124,12 @@ async fn prometheus_fires_restore_failed_for_the_workload(
     )
     .await;
 
-    // Prometheus: 1 s scrape and evaluation, the repository's rules.
-    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/alerts.yml");
+    // Prometheus: 1 s scrape and evaluation, the repository's rules — with the hold
+    // times of the two slow alerts shortened (same expressions), so a test can watch
+    // them fire: VolsnapJobsStuckQueued `for: 15m` → 3 s, VolsnapWorkerDown heartbeat
+    // age 120 s → 4 s and `for: 1m` → 3 s. Every other rule is used as written.
+    let rules = dir.join("alerts.yml");
+    std::fs::write(&rules, shortened_rules()).unwrap();
     let prom_addr = free_addr();
     let console = format!("http://{api_addr}");
     let config = format!(
@@ -133,7 +137,7 @@ async fn prometheus_fires_restore_failed_for_the_workload(
          volsnap_console_url: {console}\nrule_files:\n  - {}\nscrape_configs:\n  \
          - job_name: volsnap-api\n    static_configs:\n      - targets: ['{api_addr}']\n  \
          - job_name: volsnap-worker\n    static_configs:\n      - targets: ['{worker_metrics}']\n",
-        rules.canonicalize().unwrap().display()
+        rules.display()
     );
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
     let _prom = Proc(
@@ -305,6 +309,16 @@ async fn prometheus_fires_restore_failed_for_the_workload(
     .unwrap();
     let killed = Instant::now();
     let instance = worker_metrics.to_string();
+    // The node's heartbeat in PostgreSQL ages: VolsnapWorkerDown (shortened to age > 4 s
+    // for 3 s) fires for the node first.
+    let fired = wait_firing(&client, prom_addr, "VolsnapWorkerDown", killed).await;
+    eprintln!(
+        "VolsnapWorkerDown firing {:.2} s after SIGKILL (shortened: heartbeat age > 4 s, for: 3s; + scrape + evaluation)",
+        fired.1.as_secs_f64()
+    );
+    assert_eq!(fired.0["labels"]["node"], env.node.as_str(), "{}", fired.0);
+    assert!(fired.1 >= Duration::from_secs(7), "{:?}", fired.1);
+    assert!(fired.1 < Duration::from_secs(14), "{:?}", fired.1);
     let alert = loop {
         let v: serde_json::Value = client
             .get(format!("http://{prom_addr}/api/v1/alerts"))
@@ -339,5 +353,72 @@ async fn prometheus_fires_restore_failed_for_the_workload(
         took < Duration::from_secs(21),
         "took {took:?} from SIGKILL to firing"
     );
+
+    // A job for the dead node waits with nothing running: VolsnapJobsStuckQueued
+    // (shortened to for: 3s) fires.
+    let stuck = env.enqueue(JobKind::Capture, w, None).await;
+    let queued_at = Instant::now();
+    let fired = wait_firing(&client, prom_addr, "VolsnapJobsStuckQueued", queued_at).await;
+    eprintln!(
+        "VolsnapJobsStuckQueued firing {:.2} s after job {stuck} was queued (shortened: for: 3s; + scrape + evaluation)",
+        fired.1.as_secs_f64()
+    );
+    assert!(fired.1 >= Duration::from_secs(3), "{:?}", fired.1);
+    assert!(fired.1 < Duration::from_secs(10), "{:?}", fired.1);
     drop(worker);
+}
+
+/// deploy/prometheus/alerts.yml with the two slow alerts' hold times shortened (each
+/// replacement must apply exactly once, so a change of the rules shows here).
+fn shortened_rules() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/alerts.yml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut out = String::new();
+    for block in text.split_inclusive("      - alert: ") {
+        let b = if block.starts_with("VolsnapJobsStuckQueued") {
+            assert_eq!(block.matches("for: 15m").count(), 1, "{block}");
+            block.replace("for: 15m", "for: 3s")
+        } else if block.starts_with("VolsnapWorkerDown") {
+            assert_eq!(block.matches("> 120").count(), 1, "{block}");
+            assert_eq!(block.matches("for: 1m").count(), 1, "{block}");
+            block.replace("> 120", "> 4").replace("for: 1m", "for: 3s")
+        } else {
+            block.to_owned()
+        };
+        out.push_str(&b);
+    }
+    assert_ne!(out, text, "nothing was shortened");
+    out
+}
+
+/// Wait (at most 60 s) until `name` is firing; the alert and the time since `since`.
+async fn wait_firing(
+    client: &reqwest::Client,
+    prom: SocketAddr,
+    name: &str,
+    since: Instant,
+) -> (serde_json::Value, Duration) {
+    loop {
+        let v: serde_json::Value = client
+            .get(format!("http://{prom}/api/v1/alerts"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(a) = v["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["labels"]["alertname"] == name && a["state"] == "firing")
+        {
+            return (a.clone(), since.elapsed());
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "{name} not firing 60 s on: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
