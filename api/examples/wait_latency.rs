@@ -4,20 +4,55 @@
 //! the UPDATE's commit to the answer. Prints p50/p99/max.
 //!
 //! Usage: wait_latency URL TOKEN [SAMPLES]   (DATABASE_URL: the server's database)
+//!    or: wait_latency [SAMPLES]              (DATABASE_URL: any database of a server)
+//!
+//! The second form needs no running server: it serves the API in this process on a
+//! scratch database (`volsnap_shared::scratch`), dropped at the end.
 
 use std::time::{Duration, Instant};
 
-use volsnap_shared::domain::{JobKind, SourceKind};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use volsnap_shared::db::tokens;
+use volsnap_shared::domain::{JobKind, Role, SourceKind};
 use volsnap_shared::ids::WorkloadId;
 use volsnap_shared::queue::{self, NewJob};
+use volsnap_shared::scratch::ScratchDb;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let url = args.next().expect("URL");
-    let token = args.next().expect("TOKEN");
-    let samples: usize = args.next().map(|s| s.parse().unwrap()).unwrap_or(200);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let samples = |s: Option<&String>| s.map_or(200, |s| s.parse().expect("SAMPLES"));
+    if args.len() <= 1 {
+        // No server given: serve one here, on a scratch database.
+        let db = ScratchDb::create("volsnap_wait_latency").await?;
+        let server = volsnap_api::build(
+            db.pool().clone(),
+            &volsnap_api::ServeConfig {
+                addr: "127.0.0.1:0".parse()?,
+                limits: Default::default(),
+                token_cache_ttl: Duration::from_secs(10),
+            },
+        )
+        .await?;
+        let url = format!("http://{}", server.local_addr());
+        let stop = CancellationToken::new();
+        let served = tokio::spawn(server.run(stop.clone().cancelled_owned()));
+        let (token, hash) = volsnap_api::auth::generate_token();
+        tokens::insert(db.pool(), "wait-latency", Role::Viewer, &hash).await?;
+        measure(db.pool(), &url, &token, samples(args.first())).await?;
+        stop.cancel();
+        served.await??;
+        db.drop_database().await?;
+        return Ok(());
+    }
+    let (url, token) = (&args[0], args.get(1).expect("TOKEN"));
     let pool = sqlx::PgPool::connect(&std::env::var("DATABASE_URL")?).await?;
+    measure(&pool, url, token, samples(args.get(2))).await
+}
+
+/// `samples` waits on the server at `url`, whose database `pool` is.
+async fn measure(pool: &PgPool, url: &str, token: &str, samples: usize) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
 
     let mut latencies = Vec::with_capacity(samples);
@@ -30,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
         .bind(w)
         .bind(format!("w{i}-{}", &w.to_string()[..8]))
         .bind(SourceKind::Image)
-        .execute(&pool)
+        .execute(pool)
         .await?;
         let mut conn = pool.acquire().await?;
         let job = queue::enqueue(
@@ -48,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
         drop(conn);
         let req = client
             .get(format!("{url}/api/jobs/{}?wait=10", job.id))
-            .bearer_auth(&token)
+            .bearer_auth(token)
             .send();
         let waiter = tokio::spawn(async move {
             let r = req.await.expect("request");
@@ -62,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
         sqlx::query("UPDATE jobs SET state = 'succeeded', finished_at = now() WHERE id = $1")
             .bind(job.id)
-            .execute(&pool)
+            .execute(pool)
             .await?;
         let committed = Instant::now();
         let answered = waiter.await?;

@@ -32,17 +32,11 @@ use volsnap_archive::{
     ExtractOptions, VolumeInput, WriteOptions, extract_file, write_archive, write_archive_file,
 };
 
-struct Rng(u64);
+#[path = "../tests/common/rng.rs"]
+mod rng;
+use rng::Rng;
+
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
     fn random(&mut self, n: usize, out: &mut Vec<u8>) {
         out.clear();
         while out.len() < n {

@@ -41,10 +41,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ArchiveError, show};
 use crate::gz::spawn_inflater;
-use crate::limits::{Limits, MANIFEST_MAX_BYTES};
-use crate::manifest::{MANIFEST_NAME, Manifest};
-use crate::names::{check_entry_name, parse_index};
-use crate::tarfmt::{ChunkSource, Entry, EntryType, TarStream};
+use crate::limits::Limits;
+use crate::manifest::{Manifest, read_manifest_entry};
+use crate::names::place_entry;
+use crate::tarfmt::{ChunkSource, Entry, TarStream};
+use crate::tree;
 
 const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::DIRECTORY)
@@ -221,7 +222,7 @@ pub fn diff<R: Read + Send>(
 ) -> Result<DiffSummary, DiffError> {
     std::thread::scope(|scope| {
         let mut stream = TarStream::new(spawn_inflater(scope, archive, &opts.limits));
-        let manifest = read_manifest(&mut stream, &opts.limits)?;
+        let manifest = read_manifest_entry(&mut stream, &opts.limits)?;
         let mut m = Merge::new(&manifest, live, opts)?;
         let mut entries = 0u64;
         while let Some(e) = stream.next_entry(&opts.limits)? {
@@ -269,30 +270,6 @@ pub fn diff_paths(
     diff(io::BufReader::with_capacity(1 << 20, f), roots, opts)
 }
 
-fn read_manifest<S: ChunkSource>(
-    stream: &mut TarStream<S>,
-    limits: &Limits,
-) -> Result<Manifest, ArchiveError> {
-    let Some(e) = stream.next_entry(limits)? else {
-        return Err(ArchiveError::ManifestMissing {
-            first: "<end of archive>".into(),
-        });
-    };
-    if e.name != MANIFEST_NAME.as_bytes() || e.etype != EntryType::Regular {
-        return Err(ArchiveError::ManifestMissing {
-            first: show(&e.name),
-        });
-    }
-    if e.size > MANIFEST_MAX_BYTES {
-        return Err(ArchiveError::ManifestTooLarge {
-            size: e.size,
-            limit: MANIFEST_MAX_BYTES,
-        });
-    }
-    let data = stream.read_vec(e.size)?;
-    Manifest::parse(&data)
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Dir,
@@ -324,6 +301,11 @@ struct Frame {
     children: Vec<LiveChild>,
     next: usize,
     last: Option<Box<[u8]>>,
+}
+
+/// The directory fd of the innermost frame (a frame being merged is always listed).
+fn top_fd(stack: &[Frame]) -> &OwnedFd {
+    stack.last().expect("a frame").fd.as_ref().expect("listed")
 }
 
 struct Merge<'a> {
@@ -421,74 +403,13 @@ impl<'a> Merge<'a> {
     ) -> Result<(), DiffError> {
         let limits = &self.opts.limits;
         let name = || show(&e.name);
-        let kind = match e.etype {
-            EntryType::Regular => Kind::File,
-            EntryType::Dir => Kind::Dir,
-            EntryType::Symlink => Kind::Symlink,
-            EntryType::Hardlink => {
-                return Err(ArchiveError::Hardlink {
-                    name: name(),
-                    target: show(&e.link),
-                }
-                .into());
-            }
-            EntryType::CharDevice | EntryType::BlockDevice | EntryType::Fifo => {
-                return Err(ArchiveError::SpecialFile {
-                    name: name(),
-                    kind: "device or fifo",
-                }
-                .into());
-            }
-            EntryType::Sparse => {
-                return Err(ArchiveError::UnknownType {
-                    name: name(),
-                    type_flag: 'S',
-                }
-                .into());
-            }
-            EntryType::Other(flag) => {
-                return Err(ArchiveError::UnknownType {
-                    name: name(),
-                    type_flag: flag as char,
-                }
-                .into());
-            }
+        let placed = place_entry(&e, limits, |i| self.manifest.volume(i).is_some())?;
+        let (index, rest) = (placed.index, placed.rest());
+        let kind = match placed.kind {
+            tree::Kind::Dir => Kind::Dir,
+            tree::Kind::File => Kind::File,
+            tree::Kind::Symlink => Kind::Symlink,
         };
-        if e.name == MANIFEST_NAME.as_bytes() {
-            return Err(ArchiveError::DuplicateEntry {
-                name: name(),
-                reason: "a second manifest.json",
-            }
-            .into());
-        }
-        let comps = check_entry_name(&e.name, kind == Kind::Dir, limits)?;
-        if comps.len() < 2 || comps[0] != b"volumes" {
-            return Err(ArchiveError::OutsideVolumes {
-                name: name(),
-                reason: "not under volumes/<index>/",
-            }
-            .into());
-        }
-        let index = parse_index(comps[1]).ok_or_else(|| ArchiveError::OutsideVolumes {
-            name: name(),
-            reason: "volume index is not a canonical decimal number",
-        })?;
-        if self.manifest.volume(index).is_none() {
-            return Err(ArchiveError::IndexOutOfBounds {
-                name: name(),
-                index,
-            }
-            .into());
-        }
-        let rest = &comps[2..];
-        if rest.len() as u64 > limits.max_depth {
-            return Err(ArchiveError::DepthCap {
-                name: name(),
-                depth: rest.len() as u64,
-                limit: limits.max_depth,
-            }
-            .into());
-        }
         if kind != Kind::File && e.size != 0 {
             return Err(ArchiveError::CorruptTar {
                 offset: e.offset,
@@ -727,13 +648,7 @@ impl<'a> Merge<'a> {
     fn removed(&mut self, leaf: &[u8], kind: Kind) -> Result<(), DiffError> {
         let max = self.opts.samples;
         let base = self.path_of(leaf, false);
-        let parent = self
-            .stack
-            .last()
-            .expect("a frame")
-            .fd
-            .as_ref()
-            .expect("listed");
+        let parent = top_fd(&self.stack);
         let v = self
             .out
             .get_mut(&self.cur.expect("in a volume"))
@@ -757,13 +672,7 @@ impl<'a> Merge<'a> {
         e: &Entry,
         stream: &mut TarStream<S>,
     ) -> Result<bool, DiffError> {
-        let parent = self
-            .stack
-            .last()
-            .expect("a frame")
-            .fd
-            .as_ref()
-            .expect("listed");
+        let parent = top_fd(&self.stack);
         let mut file =
             match rustix::fs::openat(parent, OsStr::from_bytes(leaf), FILE_FLAGS, Mode::empty()) {
                 Ok(fd) => {

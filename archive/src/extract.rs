@@ -15,10 +15,10 @@ use sha2::{Digest, Sha256};
 use crate::error::{ArchiveError, show};
 use crate::fsops::{FsSink, NullSink, Sink, StagingAt};
 use crate::gz::{Inflater, InlineSource, spawn_inflater};
-use crate::limits::{ExtractOptions, Limits, MANIFEST_MAX_BYTES};
-use crate::manifest::{MANIFEST_NAME, Manifest};
-use crate::names::{check_entry_name, check_symlink_target, parse_index};
-use crate::tarfmt::{ChunkSource, Entry, EntryType, TarStream};
+use crate::limits::{ExtractOptions, Limits};
+use crate::manifest::{Manifest, read_manifest_entry};
+use crate::names::{check_symlink_target, place_entry};
+use crate::tarfmt::{ChunkSource, Entry, TarStream};
 use crate::tree::{InsertError, Kind, NodeId, ParentError, Tree};
 
 /// Counts of what an archive held.
@@ -66,30 +66,6 @@ pub fn read_manifest_from<R: Read>(archive: R) -> Result<Manifest, ArchiveError>
     let limits = Limits::default();
     let mut stream = TarStream::new(InlineSource(Inflater::new(archive, &limits)));
     read_manifest_entry(&mut stream, &limits)
-}
-
-fn read_manifest_entry<S: ChunkSource>(
-    stream: &mut TarStream<S>,
-    limits: &Limits,
-) -> Result<Manifest, ArchiveError> {
-    let Some(e) = stream.next_entry(limits)? else {
-        return Err(ArchiveError::ManifestMissing {
-            first: "<end of archive>".into(),
-        });
-    };
-    if e.name != MANIFEST_NAME.as_bytes() || e.etype != EntryType::Regular {
-        return Err(ArchiveError::ManifestMissing {
-            first: show(&e.name),
-        });
-    }
-    if e.size > MANIFEST_MAX_BYTES {
-        return Err(ArchiveError::ManifestTooLarge {
-            size: e.size,
-            limit: MANIFEST_MAX_BYTES,
-        });
-    }
-    let data = stream.read_vec(e.size)?;
-    Manifest::parse(&data)
 }
 
 /// Extracts a volsnap/1 archive, one staging directory per manifest volume.
@@ -327,70 +303,8 @@ impl<'a, K: Sink> Walker<'a, K> {
             });
         }
         let name = || show(&e.name);
-        let kind = match e.etype {
-            EntryType::Regular => Kind::File,
-            EntryType::Dir => Kind::Dir,
-            EntryType::Symlink => Kind::Symlink,
-            EntryType::Hardlink => {
-                return Err(ArchiveError::Hardlink {
-                    name: name(),
-                    target: show(&e.link),
-                });
-            }
-            EntryType::CharDevice | EntryType::BlockDevice | EntryType::Fifo => {
-                return Err(ArchiveError::SpecialFile {
-                    name: name(),
-                    kind: match e.etype {
-                        EntryType::CharDevice => "character device",
-                        EntryType::BlockDevice => "block device",
-                        _ => "fifo",
-                    },
-                });
-            }
-            EntryType::Sparse => {
-                return Err(ArchiveError::UnknownType {
-                    name: name(),
-                    type_flag: 'S',
-                });
-            }
-            EntryType::Other(flag) => {
-                return Err(ArchiveError::UnknownType {
-                    name: name(),
-                    type_flag: flag as char,
-                });
-            }
-        };
-        if e.name == MANIFEST_NAME.as_bytes() {
-            return Err(ArchiveError::DuplicateEntry {
-                name: name(),
-                reason: "a second manifest.json",
-            });
-        }
-        let comps = check_entry_name(&e.name, kind == Kind::Dir, limits)?;
-        if comps.len() < 2 || comps[0] != b"volumes" {
-            return Err(ArchiveError::OutsideVolumes {
-                name: name(),
-                reason: "not under volumes/<index>/",
-            });
-        }
-        let index = parse_index(comps[1]).ok_or_else(|| ArchiveError::OutsideVolumes {
-            name: name(),
-            reason: "volume index is not a canonical decimal number",
-        })?;
-        if !self.volumes.contains_key(&index) {
-            return Err(ArchiveError::IndexOutOfBounds {
-                name: name(),
-                index,
-            });
-        }
-        let rest = &comps[2..];
-        if rest.len() as u64 > limits.max_depth {
-            return Err(ArchiveError::DepthCap {
-                name: name(),
-                depth: rest.len() as u64,
-                limit: limits.max_depth,
-            });
-        }
+        let placed = place_entry(&e, limits, |i| self.volumes.contains_key(&i))?;
+        let (kind, index, rest) = (placed.kind, placed.index, placed.rest());
         match kind {
             Kind::File if e.size > limits.max_entry_size => {
                 return Err(ArchiveError::EntrySizeCap {
@@ -474,21 +388,18 @@ impl<'a, K: Sink> Walker<'a, K> {
             let vol = self.volumes.get_mut(&index).expect("checked");
             vol.files += 1;
             vol.bytes = vol.bytes.saturating_add(e.size);
-            if vol.files > declared.files {
-                return Err(ArchiveError::ManifestMismatch {
-                    index,
-                    what: "file count",
-                    declared: declared.files,
-                    actual: vol.files,
-                });
-            }
-            if vol.bytes > declared.bytes {
-                return Err(ArchiveError::ManifestMismatch {
-                    index,
-                    what: "byte total",
-                    declared: declared.bytes,
-                    actual: vol.bytes,
-                });
+            for (what, declared, actual) in [
+                ("file count", declared.files, vol.files),
+                ("byte total", declared.bytes, vol.bytes),
+            ] {
+                if actual > declared {
+                    return Err(ArchiveError::ManifestMismatch {
+                        index,
+                        what,
+                        declared,
+                        actual,
+                    });
+                }
             }
             let total = self.stats.bytes.saturating_add(e.size);
             if total > limits.max_total_bytes {
@@ -542,21 +453,18 @@ impl<'a, K: Sink> Walker<'a, K> {
                     actual: 0,
                 });
             }
-            if st.files != v.files {
-                return Err(ArchiveError::ManifestMismatch {
-                    index: v.index,
-                    what: "file count",
-                    declared: v.files,
-                    actual: st.files,
-                });
-            }
-            if st.bytes != v.bytes {
-                return Err(ArchiveError::ManifestMismatch {
-                    index: v.index,
-                    what: "byte total",
-                    declared: v.bytes,
-                    actual: st.bytes,
-                });
+            for (what, declared, actual) in [
+                ("file count", v.files, st.files),
+                ("byte total", v.bytes, st.bytes),
+            ] {
+                if actual != declared {
+                    return Err(ArchiveError::ManifestMismatch {
+                        index: v.index,
+                        what,
+                        declared,
+                        actual,
+                    });
+                }
             }
         }
         let mut budget = self.tree.symlink_budget();

@@ -10,8 +10,9 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::ArchiveError;
-use crate::limits::MANIFEST_MAX_BYTES;
+use crate::error::{ArchiveError, show};
+use crate::limits::{Limits, MANIFEST_MAX_BYTES};
+use crate::tarfmt::{ChunkSource, EntryType, TarStream};
 
 /// The format string of this version of the archive format.
 pub const FORMAT: &str = "volsnap/1";
@@ -24,6 +25,32 @@ pub const MAX_VOLUMES: usize = 4096;
 
 /// Longest string field (target, scope, source, workload id), in bytes.
 const MAX_FIELD_LEN: usize = 4096;
+
+/// Reads the first entry of a tar stream as the manifest: a regular file named
+/// `manifest.json`, at most [`MANIFEST_MAX_BYTES`], valid volsnap/1 JSON.
+pub(crate) fn read_manifest_entry<S: ChunkSource>(
+    stream: &mut TarStream<S>,
+    limits: &Limits,
+) -> Result<Manifest, ArchiveError> {
+    let Some(e) = stream.next_entry(limits)? else {
+        return Err(ArchiveError::ManifestMissing {
+            first: "<end of archive>".into(),
+        });
+    };
+    if e.name != MANIFEST_NAME.as_bytes() || e.etype != EntryType::Regular {
+        return Err(ArchiveError::ManifestMissing {
+            first: show(&e.name),
+        });
+    }
+    if e.size > MANIFEST_MAX_BYTES {
+        return Err(ArchiveError::ManifestTooLarge {
+            size: e.size,
+            limit: MANIFEST_MAX_BYTES,
+        });
+    }
+    let data = stream.read_vec(e.size)?;
+    Manifest::parse(&data)
+}
 
 /// The decoded `manifest.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,6 +9,100 @@ use std::borrow::Cow;
 
 use crate::error::{ArchiveError, show};
 use crate::limits::{Limits, MAX_COMPONENT_LEN};
+use crate::manifest::MANIFEST_NAME;
+use crate::tarfmt::{Entry, EntryType};
+use crate::tree::Kind;
+
+/// A data entry (any entry after the manifest) judged as far as its place: its kind,
+/// its volume index and its name's components.
+pub(crate) struct Placed<'a> {
+    pub kind: Kind,
+    pub index: u32,
+    comps: Vec<&'a [u8]>,
+}
+
+impl<'a> Placed<'a> {
+    /// The components below the volume root (empty for the root itself).
+    pub fn rest(&self) -> &[&'a [u8]] {
+        &self.comps[2..]
+    }
+}
+
+/// Judges a data entry in the extractor's rule order, up to its place: type (hard links,
+/// devices, fifos and other types refused), not a second `manifest.json`, its name, its
+/// location (`volumes/<index>/` with an index for which `listed` is true), its depth.
+pub(crate) fn place_entry<'a>(
+    e: &'a Entry,
+    limits: &Limits,
+    listed: impl Fn(u32) -> bool,
+) -> Result<Placed<'a>, ArchiveError> {
+    let name = || show(&e.name);
+    let kind = match e.etype {
+        EntryType::Regular => Kind::File,
+        EntryType::Dir => Kind::Dir,
+        EntryType::Symlink => Kind::Symlink,
+        EntryType::Hardlink => {
+            return Err(ArchiveError::Hardlink {
+                name: name(),
+                target: show(&e.link),
+            });
+        }
+        EntryType::CharDevice | EntryType::BlockDevice | EntryType::Fifo => {
+            return Err(ArchiveError::SpecialFile {
+                name: name(),
+                kind: match e.etype {
+                    EntryType::CharDevice => "character device",
+                    EntryType::BlockDevice => "block device",
+                    _ => "fifo",
+                },
+            });
+        }
+        EntryType::Sparse => {
+            return Err(ArchiveError::UnknownType {
+                name: name(),
+                type_flag: 'S',
+            });
+        }
+        EntryType::Other(flag) => {
+            return Err(ArchiveError::UnknownType {
+                name: name(),
+                type_flag: flag as char,
+            });
+        }
+    };
+    if e.name == MANIFEST_NAME.as_bytes() {
+        return Err(ArchiveError::DuplicateEntry {
+            name: name(),
+            reason: "a second manifest.json",
+        });
+    }
+    let comps = check_entry_name(&e.name, kind == Kind::Dir, limits)?;
+    if comps.len() < 2 || comps[0] != b"volumes" {
+        return Err(ArchiveError::OutsideVolumes {
+            name: name(),
+            reason: "not under volumes/<index>/",
+        });
+    }
+    let index = parse_index(comps[1]).ok_or_else(|| ArchiveError::OutsideVolumes {
+        name: name(),
+        reason: "volume index is not a canonical decimal number",
+    })?;
+    if !listed(index) {
+        return Err(ArchiveError::IndexOutOfBounds {
+            name: name(),
+            index,
+        });
+    }
+    let depth = comps.len() as u64 - 2;
+    if depth > limits.max_depth {
+        return Err(ArchiveError::DepthCap {
+            name: name(),
+            depth,
+            limit: limits.max_depth,
+        });
+    }
+    Ok(Placed { kind, index, comps })
+}
 
 /// Splits and checks a raw entry name; returns its components.
 ///

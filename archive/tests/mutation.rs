@@ -15,16 +15,10 @@ use std::os::unix::fs::symlink;
 use common::*;
 use volsnap_archive::{VolumeInput, WriteOptions, write_archive};
 
-struct Rng(u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+    /// An index in `0..n` (0 when `n` is 0).
+    fn pick(&mut self, n: usize) -> usize {
+        self.below(n.max(1) as u64) as usize
     }
 }
 
@@ -77,34 +71,34 @@ const HOSTILE_NAMES: &[&[u8]] = &[
 
 fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
     let mut v = base.to_vec();
-    let rounds = 1 + rng.below(4);
+    let rounds = 1 + rng.pick(4);
     for _ in 0..rounds {
         if v.is_empty() {
             break;
         }
-        match rng.below(8) {
+        match rng.pick(8) {
             0 => {
-                let i = rng.below(v.len());
-                v[i] ^= 1 << rng.below(8);
+                let i = rng.pick(v.len());
+                v[i] ^= 1 << rng.pick(8);
             }
             1 => {
-                let i = rng.below(v.len());
+                let i = rng.pick(v.len());
                 v[i] = *[
                     0u8, 0xff, b'/', b'.', b'0', b'7', b' ', b'1', b'2', b'5', b'x', b'L',
                 ]
-                .get(rng.below(12))
+                .get(rng.pick(12))
                 .unwrap();
             }
             2 => {
-                let n = rng.below(v.len());
+                let n = rng.pick(v.len());
                 v.truncate(n);
             }
             3 => {
                 // Duplicate a block at another block boundary.
                 let blocks = v.len() / 512;
                 if blocks > 1 {
-                    let from = rng.below(blocks) * 512;
-                    let to = rng.below(blocks) * 512;
+                    let from = rng.pick(blocks) * 512;
+                    let to = rng.pick(blocks) * 512;
                     let block: Vec<u8> = v[from..from + 512].to_vec();
                     v.splice(to..to, block);
                 }
@@ -113,7 +107,7 @@ fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
                 // Remove a block.
                 let blocks = v.len() / 512;
                 if blocks > 1 {
-                    let at = rng.below(blocks) * 512;
+                    let at = rng.pick(blocks) * 512;
                     v.drain(at..at + 512);
                 }
             }
@@ -121,8 +115,8 @@ fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
                 // Put a hostile name into a header-aligned name field and fix the checksum.
                 let blocks = v.len() / 512;
                 if blocks > 0 {
-                    let at = rng.below(blocks) * 512;
-                    let name = HOSTILE_NAMES[rng.below(HOSTILE_NAMES.len())];
+                    let at = rng.pick(blocks) * 512;
+                    let name = HOSTILE_NAMES[rng.pick(HOSTILE_NAMES.len())];
                     v[at..at + 100].fill(0);
                     v[at..at + name.len()].copy_from_slice(name);
                     fix_checksum(&mut v[at..at + 512]);
@@ -132,8 +126,8 @@ fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
                 // Change a header's type flag and fix the checksum.
                 let blocks = v.len() / 512;
                 if blocks > 0 {
-                    let at = rng.below(blocks) * 512;
-                    v[at + 156] = b"0125634xgLKS7"[rng.below(13)];
+                    let at = rng.pick(blocks) * 512;
+                    v[at + 156] = b"0125634xgLKS7"[rng.pick(13)];
                     fix_checksum(&mut v[at..at + 512]);
                 }
             }
@@ -141,10 +135,10 @@ fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
                 // Overwrite a numeric field (size, mode, mtime) with random octal.
                 let blocks = v.len() / 512;
                 if blocks > 0 {
-                    let at = rng.below(blocks) * 512;
-                    let (off, len) = [(124usize, 12usize), (100, 8), (136, 12)][rng.below(3)];
+                    let at = rng.pick(blocks) * 512;
+                    let (off, len) = [(124usize, 12usize), (100, 8), (136, 12)][rng.pick(3)];
                     for i in 0..len - 1 {
-                        v[at + off + i] = b'0' + rng.below(8) as u8;
+                        v[at + off + i] = b'0' + rng.pick(8) as u8;
                     }
                     fix_checksum(&mut v[at..at + 512]);
                 }
@@ -237,7 +231,7 @@ fn mutated_and_random_archives_never_escape() {
         }
         // Pure noise, sometimes behind a valid gzip header.
         if i % 10 == 0 {
-            let n = rng.below(4096);
+            let n = rng.pick(4096);
             let mut noise: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
             if i % 20 == 0 && noise.len() > 10 {
                 noise[..10].copy_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]);

@@ -16,18 +16,7 @@ use volsnap_archive::{
     write_archive, write_archive_file,
 };
 
-/// xorshift64*: deterministic test data without a dependency.
-struct Rng(u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
     fn bytes(&mut self, n: usize) -> Vec<u8> {
         let mut v = Vec::with_capacity(n + 8);
         while v.len() < n {
@@ -198,6 +187,13 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) {
         }
         out.push(path);
     }
+}
+
+/// The rule a capture of `volumes` to `dest` (default options) is refused with.
+fn refused(dest: &Path, volumes: &[VolumeInput]) -> &'static str {
+    write_archive_file(dest, "w", volumes, &WriteOptions::default(), &mut |_, _| {})
+        .unwrap_err()
+        .rule()
 }
 
 fn vol(index: u32, path: &Path) -> VolumeInput {
@@ -395,15 +391,7 @@ fn capture_refuses_what_restore_would_refuse() {
     fs::write(src.join("Readme"), b"a").unwrap();
     fs::write(src.join("README"), b"b").unwrap();
     let dest = tmp.path().join("out.tar.gz");
-    let e = write_archive_file(
-        &dest,
-        "w",
-        &[vol(0, &src)],
-        &WriteOptions::default(),
-        &mut |_, _| {},
-    )
-    .unwrap_err();
-    assert_eq!(e.rule(), "case_collision");
+    assert_eq!(refused(&dest, &[vol(0, &src)]), "case_collision");
     assert_eq!(
         fs::read_dir(tmp.path()).unwrap().count(),
         1,
@@ -424,47 +412,21 @@ fn capture_refuses_what_restore_would_refuse() {
 
     // A symlinked or missing volume root is refused.
     symlink(&src, tmp.path().join("via-link")).unwrap();
-    let e = write_archive_file(
-        &dest,
-        "w",
-        &[vol(0, &tmp.path().join("via-link"))],
-        &WriteOptions::default(),
-        &mut |_, _| {},
-    )
-    .unwrap_err();
-    assert_eq!(e.rule(), "source_invalid");
-    let e = write_archive_file(
-        &dest,
-        "w",
-        &[vol(0, &tmp.path().join("nope"))],
-        &WriteOptions::default(),
-        &mut |_, _| {},
-    )
-    .unwrap_err();
-    assert_eq!(e.rule(), "source_invalid");
+    assert_eq!(
+        refused(&dest, &[vol(0, &tmp.path().join("via-link"))]),
+        "source_invalid"
+    );
+    assert_eq!(
+        refused(&dest, &[vol(0, &tmp.path().join("nope"))]),
+        "source_invalid"
+    );
     // Duplicate targets make an invalid manifest.
     let mut v1 = vol(1, &src);
     v1.target = vol(0, &src).target;
-    let e = write_archive_file(
-        &dest,
-        "w",
-        &[vol(0, &src), v1],
-        &WriteOptions::default(),
-        &mut |_, _| {},
-    )
-    .unwrap_err();
-    assert_eq!(e.rule(), "manifest_invalid");
+    assert_eq!(refused(&dest, &[vol(0, &src), v1]), "manifest_invalid");
     // An existing destination is never overwritten.
     fs::write(&dest, b"precious").unwrap();
-    let e = write_archive_file(
-        &dest,
-        "w",
-        &[vol(0, &src)],
-        &WriteOptions::default(),
-        &mut |_, _| {},
-    )
-    .unwrap_err();
-    assert_eq!(e.rule(), "io");
+    assert_eq!(refused(&dest, &[vol(0, &src)]), "io");
     assert_eq!(fs::read(&dest).unwrap(), b"precious");
 }
 

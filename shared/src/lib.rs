@@ -7,6 +7,7 @@ pub mod domain;
 pub mod failure;
 pub mod ids;
 pub mod queue;
+pub mod scratch;
 pub mod telemetry;
 pub mod volume;
 

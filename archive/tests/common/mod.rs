@@ -2,6 +2,10 @@
 //! an arena with a sentinel tree around the staging directories.
 #![allow(dead_code)]
 
+mod rng;
+#[allow(unused_imports)] // not every test binary makes random data
+pub use rng::Rng;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;

@@ -2,7 +2,7 @@
 //!
 //!     DATABASE_URL=$(scripts/pg.sh) cargo run --release -p volsnap-e2e --bin queue-bench
 //!
-//! Works in a scratch database `volsnap_queue_bench` (dropped and re-created).
+//! Works in a scratch database `volsnap_queue_bench_<random>` (dropped at the end).
 //! `BENCH_ONLY=latency|throughput|rescue` runs one part; `BENCH_RUNS` (default 5) is
 //! how many throughput runs per worker count (min/median/max are printed);
 //! `BENCH_CONCURRENCY` (default 32) is each worker's slot count.
@@ -13,8 +13,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use volsnap_shared::domain::{JobKind, JobState};
@@ -23,6 +23,7 @@ use volsnap_shared::queue::worker::{
     JobContext, JobHandler, JobOutcome, WorkerConfig, WorkerStatus, run,
 };
 use volsnap_shared::queue::{self, NewJob};
+use volsnap_shared::scratch::ScratchDb;
 
 const DB: &str = "volsnap_queue_bench";
 
@@ -356,51 +357,26 @@ async fn rescue_time(pool: &PgPool, url: &str, lease: f64, restart: bool) {
 #[tokio::main]
 async fn main() {
     volsnap_shared::telemetry::init();
-    let base: PgConnectOptions = std::env::var("DATABASE_URL")
-        .expect("set DATABASE_URL (scripts/pg.sh prints one)")
-        .parse()
-        .unwrap();
-    let admin = PgPool::connect_with(base.clone()).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {DB} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DB}")))
-        .execute(&admin)
-        .await
-        .unwrap();
     // BENCH_COMMIT_DELAY_US=N emulates a slower disk: the server waits N µs before
     // every WAL flush (commit_delay with commit_siblings = 0), so a flush costs at
     // least that much, as on a disk that manages 1e6/N flushes a second.
-    if let Some(us) = std::env::var("BENCH_COMMIT_DELAY_US")
+    let mut scratch = ScratchDb::builder(DB).max_connections(8);
+    let commit_delay = std::env::var("BENCH_COMMIT_DELAY_US")
         .ok()
         .and_then(|v| v.parse::<u32>().ok())
-        .filter(|us| *us > 0)
-    {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "ALTER DATABASE {DB} SET commit_delay = {us}"
-        )))
-        .execute(&admin)
-        .await
-        .unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "ALTER DATABASE {DB} SET commit_siblings = 0"
-        )))
-        .execute(&admin)
-        .await
-        .unwrap();
+        .filter(|us| *us > 0);
+    if let Some(us) = commit_delay {
+        scratch = scratch
+            .setting("commit_delay", us.into())
+            .setting("commit_siblings", 0);
+    }
+    let db = scratch.create().await.unwrap();
+    if let Some(us) = commit_delay {
         println!("emulating a slow disk: commit_delay = {us} µs before every WAL flush");
     }
-    let opts = base.clone().database(DB);
-    let url = opts.to_url_lossy().to_string();
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect_with(opts.clone())
-        .await
-        .unwrap();
-    volsnap_shared::MIGRATOR.run(&pool).await.unwrap();
+    let opts = db.options().clone();
+    let url = db.url().to_owned();
+    let pool = db.pool().clone();
 
     let env_num = |name: &str, default: usize| -> usize {
         std::env::var(name)
@@ -437,5 +413,5 @@ async fn main() {
         }
         rescue_time(&pool, &url, 4.0, true).await;
     }
-    pool.close().await;
+    db.drop_database().await.unwrap();
 }

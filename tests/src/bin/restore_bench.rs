@@ -12,7 +12,7 @@
 //! - the whole restore (job started → finished, and → containers running again) against
 //!   `tar -xzf` of the same archive (and `tar -xzf` + `sync`).
 //!
-//! Works in a scratch database `volsnap_restore_bench` (dropped and re-created) and a
+//! Works in a scratch database `volsnap_restore_bench_<random>` (dropped at the end) and a
 //! scratch directory under /var/tmp; the worker is `volsnap-worker-fp` next to this
 //! binary.
 
@@ -21,12 +21,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions as _, PgPool};
+use sqlx::PgPool;
 use volsnap_e2e::engine::{IMAGE, docker, ensure_image, vol};
 use volsnap_shared::domain::{JobKind, SourceKind, VolumeScope, VolumeSpec};
 use volsnap_shared::ids::{SnapshotId, WorkloadId};
 use volsnap_shared::queue::{self, NewJob};
+use volsnap_shared::scratch::ScratchDb;
 use volsnap_worker::engine::docker::Docker;
 
 const DB: &str = "volsnap_restore_bench";
@@ -74,29 +74,6 @@ fn generate(dir: &Path, mib: usize, seed: u64) {
             left -= n;
         }
     }
-}
-
-async fn fresh_db() -> (PgPool, String) {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let admin = PgPool::connect(&base).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {DB} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DB}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&base).unwrap();
-    url.set_path(DB);
-    let opts: PgConnectOptions = url.as_str().parse().unwrap();
-    let pool = PgPool::connect_with(opts.disable_statement_logging())
-        .await
-        .unwrap();
-    volsnap_shared::MIGRATOR.run(&pool).await.unwrap();
-    (pool, url.to_string())
 }
 
 async fn downtime_sum(pool: &PgPool) -> f64 {
@@ -175,7 +152,8 @@ async fn main() {
         worker_bin.exists(),
         "build it: cargo build --release -p volsnap-e2e --bins"
     );
-    let (pool, url) = fresh_db().await;
+    let db = ScratchDb::create(DB).await.unwrap();
+    let (pool, url) = (db.pool().clone(), db.url().to_owned());
     let root = PathBuf::from("/var/tmp/volsnap-restore-bench");
     let _ = std::fs::remove_dir_all(&root);
     for d in ["state", "snapshots", "volumes/proj/prod", "work"] {
@@ -553,6 +531,7 @@ async fn main() {
     }
     let _ = worker.kill();
     let _ = worker.wait();
+    db.drop_database().await.unwrap();
     for c in &containers {
         let _ = Command::new("docker").args(["rm", "-f", c]).output();
     }

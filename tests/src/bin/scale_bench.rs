@@ -23,6 +23,7 @@ use clap::Parser;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use volsnap_e2e::engine::{tree_hash, write_tree};
+use volsnap_shared::scratch::ScratchDb;
 
 const IMAGE: &str = "volsnap-test-busybox:latest";
 const NODES: [&str; 3] = ["scale-a", "scale-b", "scale-c"];
@@ -200,20 +201,13 @@ async fn watch(pool: &PgPool, batch: &str, max_parallel: i64) -> anyhow::Result<
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let admin_url = std::env::var("DATABASE_URL").context("DATABASE_URL")?;
-    let admin = PgPool::connect(&admin_url).await?;
-    let db = format!(
-        "volsnap_scale_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    let scratch = ScratchDb::create("volsnap_scale").await?;
+    let (admin, db, url) = (
+        scratch.admin().clone(),
+        scratch.name().to_owned(),
+        scratch.url().to_owned(),
     );
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .execute(&admin)
-        .await?;
-    let mut url = url::Url::parse(&admin_url)?;
-    url.set_path(&db);
-    let url = url.to_string();
-    let pool = PgPool::connect(&url).await?;
-    volsnap_shared::MIGRATOR.run(&pool).await?;
+    let pool = scratch.pool().clone();
     let root = tempfile::Builder::new()
         .prefix("volsnap-scale-")
         .tempdir()?;
@@ -592,12 +586,7 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(workers);
     drop(api_proc);
-    pool.close().await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {db} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await;
+    let _ = scratch.drop_database().await;
     Ok(())
 }
 
