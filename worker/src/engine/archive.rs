@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use volsnap_archive as va;
+use volsnap_shared::db;
 use volsnap_shared::domain::VolumeSpec;
-use volsnap_shared::failure;
+use volsnap_shared::failure::{self, FailureCode};
 use volsnap_shared::ids::WorkloadId;
 
 use super::error::Failure;
@@ -38,8 +39,8 @@ pub struct Written {
 
 impl Written {
     /// The row fields for this archive stored at `archive_path`.
-    pub fn record<'a>(&'a self, archive_path: &'a str) -> super::store::ArchiveRecord<'a> {
-        super::store::ArchiveRecord {
+    pub fn record<'a>(&'a self, archive_path: &'a str) -> db::snapshots::ArchiveRecord<'a> {
+        db::snapshots::ArchiveRecord {
             archive_path,
             size: self.size,
             sha256: &self.sha256,
@@ -60,7 +61,7 @@ pub fn failure_of(e: va::ArchiveError) -> Failure {
         "io" => Failure::internal(failure::IO, "I/O error while reading or writing data", e),
         rule => {
             let msg = format!("the snapshot archive was refused: {e}");
-            Failure::new(&format!("{}{rule}", failure::ARCHIVE_PREFIX), msg).with_cause(e)
+            Failure::new(FailureCode::Archive(rule), msg).with_cause(e)
         }
     }
 }

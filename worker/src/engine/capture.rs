@@ -11,15 +11,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use volsnap_shared::domain::{JobKind, SnapshotState};
-use volsnap_shared::failure;
 use volsnap_shared::queue::worker::JobContext;
+use volsnap_shared::{db, failure};
 
 use super::error::{Failure, Stop};
 use super::journal::{Journal, JournalState, Outcome};
 use super::restore::{
     close_journal, open_live, partial_path, write_archive_durably, write_journal,
 };
-use super::{Engine, archive, blocking, blocking_with_progress, fsops, paths, store};
+use super::{Engine, archive, blocking, blocking_with_progress, fsops, paths};
 use crate::crash_point;
 
 #[tracing::instrument(skip_all, fields(job_id = %ctx.id()))]
@@ -33,19 +33,19 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
     })?;
     let res = capture(eng, ctx).await;
     if let Err(Stop::Failed(_) | Stop::Cancelled) = &res {
-        store::mark_failed(&eng.pool, sid).await?;
+        db::snapshots::mark_failed(&eng.pool, sid).await?;
     }
     res
 }
 
 async fn capture(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
     let sid = ctx.job.snapshot_id.expect("checked");
-    let workload = store::workload(&eng.pool, ctx.job.workload_id)
+    let workload = db::workloads::get(&eng.pool, ctx.job.workload_id)
         .await?
         .ok_or_else(|| {
             Failure::new(failure::WORKLOAD_NOT_FOUND, "the workload no longer exists")
         })?;
-    let snap = store::snapshot(&eng.pool, sid).await?.ok_or_else(|| {
+    let snap = db::snapshots::get(&eng.pool, sid).await?.ok_or_else(|| {
         Failure::new(
             failure::SNAPSHOT_NOT_READY,
             "the snapshot row no longer exists",
@@ -77,7 +77,7 @@ async fn capture(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
             .collect()
     })
     .await?;
-    let rel = format!("{}/{sid}.tar.gz", workload.id);
+    let rel = db::snapshots::archive_path(workload.id, sid);
     let dest = eng.snapshot_file(&rel)?;
 
     let mut j = Journal {
@@ -145,13 +145,13 @@ async fn capture(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
             return Err(f.into());
         }
     };
-    store::mark_ready(&eng.pool, sid, &written.record(&rel)).await?;
+    db::snapshots::mark_ready(&eng.pool, sid, &written.record(&rel)).await?;
     crash_point!("capture.ready");
     close_journal(eng, ctx.id()).await?;
     Ok(match restarted {
         Ok(()) => Outcome::Succeeded,
         Err(f) => Outcome::Failed {
-            code: f.code,
+            code: f.code.into(),
             message: format!(
                 "the snapshot was captured, but the workload did not come back: {}",
                 f.message
@@ -166,7 +166,7 @@ pub async fn recover(eng: &Engine, j: &Journal) -> Result<Outcome, Failure> {
     let restarted = eng.docker.restart_after_quiesce(&j.containers).await;
     let sid = j.snapshot_id;
     let ready = match sid {
-        Some(sid) => store::snapshot_state(&eng.pool, sid).await? == Some(SnapshotState::Ready),
+        Some(sid) => db::snapshots::state(&eng.pool, sid).await? == Some(SnapshotState::Ready),
         None => false,
     };
     if let Some(dest) = j.partial.clone() {
@@ -180,13 +180,13 @@ pub async fn recover(eng: &Engine, j: &Journal) -> Result<Outcome, Failure> {
         .await?;
     }
     if !ready && let Some(sid) = sid {
-        store::mark_failed(&eng.pool, sid).await?;
+        db::snapshots::mark_failed(&eng.pool, sid).await?;
     }
     crash_point!("recovery.capture");
     Ok(match (ready, restarted) {
         (true, Ok(())) => Outcome::Succeeded,
         (_, Err(f)) => Outcome::Failed {
-            code: f.code,
+            code: f.code.into(),
             message: format!(
                 "the capture was interrupted and the workload did not come back: {}",
                 f.message

@@ -31,8 +31,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
+use volsnap_shared::db;
 use volsnap_shared::domain::{JobKind, Snapshot, SnapshotState, SourceKind};
-use volsnap_shared::failure;
+use volsnap_shared::failure::{self, FailureCode};
 use volsnap_shared::ids::{JobId, SnapshotId, WorkloadId};
 use volsnap_shared::queue::worker::JobContext;
 
@@ -40,7 +41,7 @@ use super::dirs::{self, FileId, ParentDir};
 use super::error::{BeforeAnyChange as _, Failure, Stop};
 use super::journal::{Journal, JournalState, Outcome, PlannedVolume};
 use super::swap::Held;
-use super::{Engine, Progress, archive, blocking, fsops, paths, store, swap};
+use super::{Engine, Progress, archive, blocking, fsops, paths, swap};
 use crate::crash_point;
 
 /// What pre-flight decided: everything later steps need, all checked.
@@ -299,7 +300,7 @@ pub fn recheck(v: &PlannedVolume, p: &ParentDir) -> Result<(), Failure> {
 #[tracing::instrument(skip_all)]
 pub async fn preflight(eng: &Engine, ctx: &JobContext, sid: SnapshotId) -> Result<Plan, Failure> {
     let job = &ctx.job;
-    let workload = store::workload(&eng.pool, job.workload_id)
+    let workload = db::workloads::get(&eng.pool, job.workload_id)
         .await?
         .ok_or_else(|| {
             Failure::new(failure::WORKLOAD_NOT_FOUND, "the workload no longer exists")
@@ -313,7 +314,7 @@ pub async fn preflight(eng: &Engine, ctx: &JobContext, sid: SnapshotId) -> Resul
             ),
         ));
     }
-    let snapshot = store::snapshot(&eng.pool, sid).await?.ok_or_else(|| {
+    let snapshot = db::snapshots::get(&eng.pool, sid).await?.ok_or_else(|| {
         Failure::new(failure::SNAPSHOT_NOT_READY, "the snapshot no longer exists")
     })?;
     let not_ready = |why: &str| Err(Failure::new(failure::SNAPSHOT_NOT_READY, why.to_owned()));
@@ -338,7 +339,7 @@ pub async fn preflight(eng: &Engine, ctx: &JobContext, sid: SnapshotId) -> Resul
     // the extractor checks the archive's own manifest and content match it.
     let manifest: archive::Manifest = serde_json::from_value(manifest).map_err(|e| {
         Failure::internal(
-            &format!("{}manifest_invalid", failure::ARCHIVE_PREFIX),
+            FailureCode::Archive("manifest_invalid"),
             "the snapshot's manifest is invalid",
             e,
         )
@@ -743,7 +744,7 @@ pub async fn extract(
                 .collect();
             if actual != planned {
                 return refuse(Failure::new(
-                    &format!("{}manifest_mismatch", failure::ARCHIVE_PREFIX),
+                    FailureCode::Archive("manifest_mismatch"),
                     "the archive's manifest differs from the snapshot's recorded manifest",
                 ));
             }
@@ -978,7 +979,7 @@ pub async fn finish_forward(
     Ok(match redeploy {
         None => Outcome::Succeeded,
         Some(f) => Outcome::Failed {
-            code: f.code,
+            code: f.code.into(),
             message: format!(
                 "the data was {}, but the workload did not come back: {}; the previous data is kept next to each volume and archived in the background as snapshot {}",
                 if undo { "put back" } else { "restored" },
@@ -1010,7 +1011,7 @@ async fn redeploy_containers(eng: &Engine, ids: &[String]) -> Result<(), Failure
 
 async fn record_stats(eng: &Engine, j: &Journal, downtime: Option<Duration>) {
     let bytes = match j.snapshot_id {
-        Some(sid) => match store::snapshot(&eng.pool, sid).await {
+        Some(sid) => match db::snapshots::get(&eng.pool, sid).await {
             Ok(Some(s)) => s
                 .manifest
                 .and_then(|m| serde_json::from_value::<archive::Manifest>(m).ok())

@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use volsnap_shared::domain::{JobKind, SourceKind};
-use volsnap_shared::failure;
 use volsnap_shared::ids::JobId;
 use volsnap_shared::queue::worker::JobContext;
+use volsnap_shared::{db, failure};
 
 use super::dirs::{self, ParentDir};
 use super::error::{BeforeAnyChange as _, Failure, Stop};
@@ -34,7 +34,7 @@ use super::restore::{
     roll_back, run_snapshot, write_journal,
 };
 use super::swap::{self, Side};
-use super::{Engine, LockWait, blocking, paths, store, wait_for_node_lock};
+use super::{Engine, LockWait, blocking, paths, wait_for_node_lock};
 use crate::crash_point;
 
 use failure::UNDO_UNAVAILABLE;
@@ -42,7 +42,7 @@ use failure::UNDO_UNAVAILABLE;
 #[tracing::instrument(skip_all, fields(job_id = %ctx.id()))]
 pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
     ctx.set_phase("preflight").await.before_any_change()?;
-    let source = store::job_source(&eng.pool, ctx.id())
+    let source = db::jobs::source_of(&eng.pool, ctx.id())
         .await
         .before_any_change()?
         .ok_or_else(|| Failure::new(UNDO_UNAVAILABLE, "the undo names no job to revert"))?;
@@ -61,7 +61,7 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
     }
     let sid = match ctx.job.snapshot_id {
         Some(sid) => Some(sid),
-        None => store::pre_restore_of(&eng.pool, source)
+        None => db::jobs::pre_restore_of(&eng.pool, source)
             .await
             .before_any_change()?,
     };
@@ -116,7 +116,7 @@ async fn preflight(
     ctx: &JobContext,
     rec: &KeepRecord,
 ) -> Result<(Vec<PlannedVolume>, Vec<Arc<ParentDir>>, u64), Failure> {
-    let workload = store::workload(&eng.pool, ctx.job.workload_id)
+    let workload = db::workloads::get(&eng.pool, ctx.job.workload_id)
         .await?
         .ok_or_else(|| {
             Failure::new(failure::WORKLOAD_NOT_FOUND, "the workload no longer exists")
