@@ -7,6 +7,8 @@
 //! the capture (`volume_source_missing`): recording it as empty would let a later
 //! restore wipe data that was merely misconfigured.
 
+use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,11 +16,10 @@ use volsnap_shared::domain::{JobKind, SnapshotState};
 use volsnap_shared::queue::worker::JobContext;
 use volsnap_shared::{db, failure};
 
+use super::archive::{partial_path, write_archive_durably};
+use super::dirs::ParentDir;
 use super::error::{Failure, Stop};
-use super::journal::{Journal, JournalState, Outcome};
-use super::restore::{
-    close_journal, open_live, partial_path, write_archive_durably, write_journal,
-};
+use super::journal::{Journal, JournalState, Outcome, close_journal, write_journal};
 use super::{Engine, archive, blocking, blocking_with_progress, fsops, paths};
 use crate::crash_point;
 
@@ -99,7 +100,7 @@ async fn capture(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
         }
         j.containers = eng.docker.running_containers(workload.id).await?;
     }
-    write_journal(eng, &j).await?;
+    write_journal(&eng.journals, &j).await?;
     crash_point!("capture.journal");
 
     let started = Instant::now();
@@ -141,13 +142,13 @@ async fn capture(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
                 fsops::remove_file(&d).map_err(|e| Failure::io("cleanup", e))
             })
             .await;
-            close_journal(eng, ctx.id()).await?;
+            close_journal(&eng.journals, ctx.id()).await?;
             return Err(f.into());
         }
     };
     db::snapshots::mark_ready(&eng.pool, sid, &written.record(&rel)).await?;
     crash_point!("capture.ready");
-    close_journal(eng, ctx.id()).await?;
+    close_journal(&eng.journals, ctx.id()).await?;
     Ok(match restarted {
         Ok(()) => Outcome::Succeeded,
         Err(f) => Outcome::Failed {
@@ -199,4 +200,38 @@ pub async fn recover(eng: &Engine, j: &Journal) -> Result<Outcome, Failure> {
                     .into(),
         },
     })
+}
+
+/// Open a live volume directory for reading (capture): its parent fd by fd from the
+/// trusted base, then the directory itself, never through a symlink. A missing one is
+/// `volume_source_missing`: recording it as empty would let a later restore wipe data
+/// that was merely misconfigured.
+pub fn open_live(h: &paths::HostVolume) -> Result<OwnedFd, Failure> {
+    let label = &h.spec.target;
+    let missing = || {
+        Failure::new(
+            failure::VOLUME_SOURCE_MISSING,
+            format!("volume {label:?}: its host directory does not exist; nothing was captured"),
+        )
+    };
+    let (base, rel) = (&h.base, &h.rel);
+    let (Some(parent_rel), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return Err(missing());
+    };
+    let refused = |e: io::Error| {
+        tracing::warn!(volume = %label, path = %h.path.display(), error = %e, "cannot open a volume");
+        if e.raw_os_error() == Some(nix::libc::ENOENT) {
+            missing()
+        } else {
+            Failure::new(
+                failure::PATH_ESCAPES_BASE,
+                format!(
+                    "volume {label:?}: a component of its host path is a symlink or not a directory"
+                ),
+            )
+            .with_cause(e)
+        }
+    };
+    let p = ParentDir::open(base, parent_rel).map_err(refused)?;
+    p.open_dir(name, None).map_err(refused)
 }

@@ -22,10 +22,11 @@ use volsnap_shared::domain::{SnapshotKind, SnapshotState};
 use volsnap_shared::queue::worker::JobContext;
 use volsnap_shared::{db, failure};
 
+use super::archive::{partial_path, write_archive_durably_until};
 use super::error::{Failure, Stop};
 use super::journal::Outcome;
 use super::keep::{self, KeepRecord};
-use super::restore::{held, partial_path, reopen_parents, write_archive_durably_until};
+use super::restore::{held, reopen_parents};
 use super::{Engine, LockWait, Progress, archive, blocking, fsops, nodelock, wait_for_node_lock};
 use crate::crash_point;
 

@@ -15,11 +15,10 @@ use volsnap_shared::queue::worker::JobContext;
 use volsnap_shared::queue::{ADVISORY_LOCK_CLASS, workload_lock_key};
 use volsnap_shared::{db, failure};
 
+use super::archive::partial_path;
 use super::error::{Failure, Stop};
-use super::journal::{Journal, JournalState, Outcome};
-use super::restore::{
-    close_journal, finish_forward, partial_path, reopen_parents, roll_back, write_journal,
-};
+use super::journal::{Journal, JournalState, Outcome, close_journal, write_journal};
+use super::restore::{finish_forward, reopen_parents, roll_back};
 use super::{Engine, blocking, capture, fsops};
 use crate::crash_point;
 
@@ -82,7 +81,7 @@ pub async fn recover_journal(
     j.state = JournalState::Finished {
         outcome: outcome.clone(),
     };
-    write_journal(eng, j).await?;
+    write_journal(&eng.journals, j).await?;
     crash_point!("recovery.finished");
     tracing::info!(?outcome, "recovered");
     Ok(outcome)
@@ -109,7 +108,7 @@ pub async fn recover_claimed(eng: &Engine, ctx: &JobContext) -> Result<Outcome, 
     };
     match recover_journal(eng, Some(ctx), &mut j).await {
         Ok(outcome) => {
-            close_journal(eng, ctx.id()).await?;
+            close_journal(&eng.journals, ctx.id()).await?;
             Ok(outcome)
         }
         Err(_) if ctx.lease_lost.is_cancelled() => Err(Stop::LeaseLost),
@@ -244,7 +243,7 @@ async fn recover_at_startup(eng: &Engine, id: JobId) -> anyhow::Result<()> {
         let outcome = recover_journal(eng, None, &mut j).await?;
         let state = db::jobs::state(&eng.pool, id).await?;
         if state.is_none_or(|s| s.is_final()) {
-            close_journal(eng, id).await?;
+            close_journal(&eng.journals, id).await?;
         }
         Ok::<_, Failure>(outcome)
     }

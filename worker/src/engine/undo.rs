@@ -26,12 +26,12 @@ use volsnap_shared::{db, failure};
 
 use super::dirs::{self, ParentDir};
 use super::error::{BeforeAnyChange as _, Failure, Stop};
-use super::journal::{Journal, JournalState, Outcome, PlannedVolume};
+use super::journal::{Journal, JournalState, Outcome, PlannedVolume, close_journal, write_journal};
 use super::keep::KeepRecord;
 use super::nodelock::{self, WorkloadLock};
 use super::restore::{
-    close_journal, finish_forward, held, quiesce_and_swap, refuse_pending_journal, reopen_parents,
-    roll_back, run_snapshot, write_journal,
+    finish_forward, held, quiesce_and_swap, refuse_pending_journal, reopen_parents, roll_back,
+    run_snapshot,
 };
 use super::swap::{self, Side};
 use super::{Engine, LockWait, blocking, paths, wait_for_node_lock};
@@ -226,7 +226,7 @@ async fn by_directory(eng: &Engine, ctx: &JobContext, rec: KeepRecord) -> Result
         undoes: Some(rec.job_id),
         kept_bytes,
     };
-    write_journal(eng, &j).await?;
+    write_journal(&eng.journals, &j).await?;
     crash_point!("undo.journal.quiescing");
     let down = Instant::now();
     if let Err(f) = quiesce_and_swap(eng, ctx, &mut j, &parents).await {
@@ -237,7 +237,7 @@ async fn by_directory(eng: &Engine, ctx: &JobContext, rec: KeepRecord) -> Result
         let _ = ctx.set_phase("rolling back").await;
         return match roll_back(eng, &mut j, &parents).await {
             Ok(()) => {
-                close_journal(eng, ctx.id()).await?;
+                close_journal(&eng.journals, ctx.id()).await?;
                 Err(f.into())
             }
             Err(rb) => Err(Stop::NeedsRecovery(rb)),
@@ -245,7 +245,7 @@ async fn by_directory(eng: &Engine, ctx: &JobContext, rec: KeepRecord) -> Result
     }
     match finish_forward(eng, Some(ctx), &mut j, &parents, Some(down)).await {
         Ok(outcome) => {
-            close_journal(eng, ctx.id()).await?;
+            close_journal(&eng.journals, ctx.id()).await?;
             Ok(outcome)
         }
         Err(f) if ctx.lease_lost.is_cancelled() => {
