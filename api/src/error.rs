@@ -67,7 +67,7 @@ impl Error {
         }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
@@ -79,12 +79,37 @@ impl Error {
         e
     }
 
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn not_found(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
 
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn conflict(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    /// 404 `workload_not_found`.
+    pub fn workload_not_found() -> Self {
+        Self::not_found("workload_not_found", "no workload with this id")
+    }
+
+    /// 404 `snapshot_not_found`.
+    pub fn snapshot_not_found() -> Self {
+        Self::not_found("snapshot_not_found", "no snapshot with this id")
+    }
+
+    /// 404 `job_not_found`.
+    pub fn job_not_found() -> Self {
+        Self::not_found("job_not_found", "no job with this id")
+    }
+
+    /// 409 `active_job`: a new job of the workload is refused while `job` is queued or
+    /// running (single-flight).
+    pub fn active_job(job: JobId) -> Self {
+        Self::conflict(
+            "active_job",
+            format!("the workload already has an active job {job}"),
+        )
+        .with_job_id(job)
     }
 
     pub fn unauthorized() -> Self {

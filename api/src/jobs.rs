@@ -19,7 +19,7 @@ use crate::auth::Caller;
 use crate::error::{Error, ErrorBody};
 use crate::extract::{Path, Query};
 use crate::limits::wait_duration;
-use crate::restores::WaitQuery;
+use crate::query::WaitQuery;
 use crate::validate;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -88,10 +88,6 @@ fn parse_list<T: std::str::FromStr>(
             })
         })
         .collect()
-}
-
-pub(crate) fn not_found() -> Error {
-    Error::not_found("job_not_found", "no job with this id")
 }
 
 /// List jobs, newest first, filtered.
@@ -172,7 +168,7 @@ async fn get_job(
             state.wait_for_final(slot, id, wait).await?
         }
     };
-    job.map(axum::Json).ok_or_else(not_found)
+    job.map(axum::Json).ok_or_else(Error::job_not_found)
 }
 
 /// Cancel a job. A queued job is cancelled at once; a running one is stopped by its
@@ -207,7 +203,7 @@ async fn cancel_job(
             let msg = format!("the job has already {}", job.state);
             Err(Error::conflict("already_final", msg).with_job(job))
         }
-        CancelOutcome::NotFound => Err(not_found()),
+        CancelOutcome::NotFound => Err(Error::job_not_found()),
     }
 }
 
@@ -231,7 +227,7 @@ async fn job_phases(
     Path(id): Path<JobId>,
 ) -> Result<axum::Json<JobPhases>, Error> {
     if queue::get_job(&state.pool, id).await?.is_none() {
-        return Err(not_found());
+        return Err(Error::job_not_found());
     }
     let items = db::console::job_phases(&state.pool, id).await?;
     Ok(axum::Json(JobPhases { items }))

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod openapi;
 pub mod ops;
 pub mod plans;
+pub mod query;
 pub mod restores;
 pub mod snapshots;
 pub mod ui;
@@ -178,15 +179,7 @@ impl AppState {
 /// so an alert can name the workload.
 pub async fn recent_restore_failures(pool: &PgPool) -> Result<String, sqlx::Error> {
     use std::fmt::Write as _;
-    let rows: Vec<(String, uuid::Uuid, String, i64)> = sqlx::query_as(
-        "SELECT w.project || '/' || w.stage || '/' || w.name, w.id, j.node, count(*)::int8 \
-         FROM jobs j JOIN workloads w ON w.id = j.workload_id \
-         WHERE j.kind = 'restore' AND j.state = 'failed' \
-           AND j.finished_at > now() - interval '10 minutes' \
-         GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1 LIMIT 100",
-    )
-    .fetch_all(pool)
-    .await?;
+    let rows = volsnap_shared::db::jobs::recent_restore_failures(pool).await?;
     let esc = |v: &str| {
         v.replace('\\', "\\\\")
             .replace('"', "\\\"")
@@ -284,26 +277,11 @@ impl Server {
     }
 }
 
-/// Refuse a database whose schema is behind this binary.
-pub async fn ensure_schema_current(pool: &PgPool) -> anyhow::Result<()> {
-    let status = volsnap_shared::db::schema::status(pool)
-        .await
-        .context("reading the database's applied migrations")?;
-    if !status.is_current() {
-        anyhow::bail!(
-            "the database schema is behind this volsnap-api ({} migration(s) pending: {:?}); \
-             run `volsnap-api migrate` first",
-            status.pending.len(),
-            status.pending
-        );
-    }
-    Ok(())
-}
-
 /// Check the schema, start the notification listener, bind `cfg.addr` (port 0 picks a
 /// free port: see [`Server::local_addr`]).
 pub async fn build(pool: PgPool, cfg: &ServeConfig) -> anyhow::Result<Server> {
-    ensure_schema_current(&pool).await?;
+    // The worker runs the same check: a schema behind or ahead of this build is refused.
+    volsnap_shared::database::ensure_migrated(&pool).await?;
     let state = AppState::new(pool, cfg.limits, cfg.token_cache_ttl)
         .await
         .context("starting the job notification listener")?;

@@ -186,7 +186,7 @@ async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 async fn token(pool: &PgPool, cmd: TokenCommand) -> anyhow::Result<()> {
-    volsnap_api::ensure_schema_current(pool).await?;
+    volsnap_shared::database::ensure_migrated(pool).await?;
     match cmd {
         TokenCommand::Create { name, role } => {
             if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {

@@ -25,10 +25,8 @@ use crate::auth::Caller;
 use crate::error::{Error, ErrorBody};
 use crate::extract::{Json, Path, Query};
 use crate::limits::wait_duration;
-use crate::restores::{
-    BatchQuery, Confirm, RestoreAccepted, RestoreRequest, WaitQuery, answer, check_and_enqueue,
-};
-use crate::workloads;
+use crate::query::{BatchQuery, WaitQuery};
+use crate::restores::{Confirm, RestoreAccepted, RestoreRequest, answer, check_and_enqueue};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -60,7 +58,7 @@ async fn get_restore_settings(
 ) -> Result<axum::Json<RestoreSettings>, Error> {
     let verify = db::jobs::workload_verifies_restores(&state.pool, id)
         .await?
-        .ok_or_else(workloads::not_found)?;
+        .ok_or_else(Error::workload_not_found)?;
     Ok(axum::Json(RestoreSettings {
         verify_restores: verify,
     }))
@@ -83,7 +81,7 @@ async fn put_restore_settings(
     Json(body): Json<RestoreSettings>,
 ) -> Result<axum::Json<RestoreSettings>, Error> {
     if !db::jobs::set_workload_verifies_restores(&state.pool, id, body.verify_restores).await? {
-        return Err(workloads::not_found());
+        return Err(Error::workload_not_found());
     }
     tracing::info!(workload_id = %id, verify_restores = body.verify_restores, by = %caller.name, "restore settings changed");
     Ok(axum::Json(body))

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use volsnap_shared::db;
@@ -28,7 +28,7 @@ use crate::auth::Caller;
 use crate::error::{Error, ErrorBody, ErrorDetail};
 use crate::extract::{Json, Path, Query};
 use crate::limits::wait_duration;
-use crate::{snapshots, workloads};
+use crate::query::{BatchQuery, WaitQuery};
 
 /// The confirmation header: the snapshot id for one restore, the item count for a batch.
 pub const CONFIRM_HEADER: &str = "x-confirm-restore";
@@ -40,13 +40,6 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(restore))
         .routes(routes!(restore_batch))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct WaitQuery {
-    /// Hold the request until the job is final or this many seconds (0–300) pass.
-    pub wait: Option<f64>,
 }
 
 /// A restore job: enqueued (202), or as it ended when waited on (200).
@@ -116,12 +109,12 @@ pub(crate) async fn check_and_enqueue(pool: &PgPool, r: RestoreRequest<'_>) -> R
     let mut tx = pool.begin().await?;
     let workload = db::workloads::get_for_share(&mut tx, r.workload_id)
         .await?
-        .ok_or_else(workloads::not_found)?;
+        .ok_or_else(Error::workload_not_found)?;
     // A deleted snapshot is gone as far as restores are concerned.
     let snapshot = db::snapshots::get_for_share(&mut tx, r.snapshot_id)
         .await?
         .filter(|s| s.deleted_at.is_none())
-        .ok_or_else(snapshots::not_found)?;
+        .ok_or_else(Error::snapshot_not_found)?;
     if let Confirm::Header(h) = r.confirm {
         check_confirmation(h, r.snapshot_id)?;
     }
@@ -176,7 +169,7 @@ pub(crate) async fn check_and_enqueue(pool: &PgPool, r: RestoreRequest<'_>) -> R
     )
     .await
     .map_err(|e| match e {
-        EnqueueError::AlreadyActive { active_job } => snapshots::active_job_conflict(active_job),
+        EnqueueError::AlreadyActive { active_job } => Error::active_job(active_job),
         EnqueueError::Db(e) => Error::internal(e),
     })?;
     tx.commit().await?;
@@ -217,7 +210,7 @@ pub(crate) fn waited_answer(job: Job) -> Result<Response, Error> {
             let code = job
                 .error_code
                 .clone()
-                .unwrap_or_else(|| failure::INTERNAL.to_owned());
+                .unwrap_or_else(|| failure::INTERNAL.into());
             if failure::is_client_actionable(&code) {
                 let message = job
                     .error_message
@@ -320,14 +313,6 @@ pub struct BatchItem {
     /// Verify this restore (default: the workload's `verify_restores`); ignored by plans.
     #[serde(default)]
     pub verify: Option<bool>,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct BatchQuery {
-    /// `true`: plan every item (a `plan` job each: a dry run that changes nothing; no
-    /// confirmation header; viewers may ask). Default false: restore them.
-    pub plan: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use volsnap_shared::db::snapshots::DeleteSnapshotError;
 use volsnap_shared::db::{self, snapshots as store};
-use volsnap_shared::domain::{Job, JobKind, Snapshot};
+use volsnap_shared::domain::{Job, JobKind, Snapshot, SnapshotKind};
 use volsnap_shared::ids::{SnapshotId, WorkloadId};
 use volsnap_shared::queue::{self, EnqueueError, NewJob};
 
@@ -19,7 +19,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{Error, ErrorBody};
 use crate::extract::{Path, Query};
-use crate::{validate, workloads};
+use crate::validate;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -64,18 +64,6 @@ pub struct FileMissing {
     pub since: chrono::DateTime<chrono::Utc>,
 }
 
-pub(crate) fn not_found() -> Error {
-    Error::not_found("snapshot_not_found", "no snapshot with this id")
-}
-
-pub(crate) fn active_job_conflict(job: volsnap_shared::ids::JobId) -> Error {
-    Error::conflict(
-        "active_job",
-        format!("the workload already has an active job {job}"),
-    )
-    .with_job_id(job)
-}
-
 /// Capture the workload's volumes: creates a `capturing` snapshot on the workload's
 /// node and enqueues the capture job that fills it in, in one transaction.
 #[utoipa::path(post, path = "/api/workloads/{id}/snapshots", tag = "snapshots",
@@ -95,14 +83,22 @@ async fn capture(
     let mut tx = state.pool.begin().await?;
     let workload = db::workloads::get_for_share(&mut tx, id)
         .await?
-        .ok_or_else(workloads::not_found)?;
+        .ok_or_else(Error::workload_not_found)?;
     if workload.volumes.is_empty() {
         return Err(Error::bad_request(
             "no_volumes",
             "the workload has no volumes to capture",
         ));
     }
-    let snapshot = store::insert_capturing(&mut tx, &workload).await?;
+    let snapshot = store::insert_capturing(
+        &mut *tx,
+        SnapshotId::new(),
+        workload.id,
+        &workload.node,
+        SnapshotKind::Manual,
+    )
+    .await?
+    .ok_or_else(|| Error::internal(anyhow::anyhow!("a fresh snapshot id already exists")))?;
     let job = queue::enqueue(
         &mut tx,
         &NewJob {
@@ -116,7 +112,7 @@ async fn capture(
     )
     .await
     .map_err(|e| match e {
-        EnqueueError::AlreadyActive { active_job } => active_job_conflict(active_job),
+        EnqueueError::AlreadyActive { active_job } => Error::active_job(active_job),
         EnqueueError::Db(e) => Error::internal(e),
     })?;
     tx.commit().await?;
@@ -150,7 +146,7 @@ async fn list_snapshots(
     let limit = validate::limit(q.limit)?;
     let before = validate::cursor(q.cursor.as_deref())?;
     if db::workloads::get(&state.pool, id).await?.is_none() {
-        return Err(workloads::not_found());
+        return Err(Error::workload_not_found());
     }
     let page = store::list_for_workload(&state.pool, id, q.include_deleted, before, limit).await?;
     let ids: Vec<SnapshotId> = page.items.iter().map(|s| s.id).collect();
@@ -181,7 +177,7 @@ async fn get_snapshot(
     store::get(&state.pool, sid)
         .await?
         .map(axum::Json)
-        .ok_or_else(not_found)
+        .ok_or_else(Error::snapshot_not_found)
 }
 
 /// Mark a snapshot deleted: it is hidden from listings and can no longer be restored;
@@ -203,7 +199,7 @@ async fn delete_snapshot(
     let snap = store::mark_deleted(&state.pool, sid)
         .await
         .map_err(|e| match e {
-            DeleteSnapshotError::NotFound => not_found(),
+            DeleteSnapshotError::NotFound => Error::snapshot_not_found(),
             DeleteSnapshotError::InUse(job) => Error::conflict(
                 "snapshot_in_use",
                 format!("active job {job} uses this snapshot"),

@@ -26,8 +26,8 @@ use crate::auth::Caller;
 use crate::error::{Error, ErrorBody};
 use crate::extract::{Path, Query};
 use crate::limits::wait_duration;
-use crate::restores::{CONFIRM_HEADER, RestoreAccepted, WaitQuery, answer};
-use crate::{jobs, snapshots, workloads};
+use crate::query::WaitQuery;
+use crate::restores::{CONFIRM_HEADER, RestoreAccepted, answer};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(undo))
@@ -65,7 +65,7 @@ async fn check_and_enqueue(
     let mut tx = pool.begin().await?;
     let target = queue::get_job(&mut *tx, id)
         .await?
-        .ok_or_else(jobs::not_found)?;
+        .ok_or_else(Error::job_not_found)?;
     check_confirmation(confirm, id)?;
     if !matches!(target.kind, JobKind::Restore | JobKind::Undo)
         || target.state != JobState::Succeeded
@@ -81,7 +81,7 @@ async fn check_and_enqueue(
     // Held FOR SHARE until the undo is committed: the workload cannot change meanwhile.
     let workload = db::workloads::get_for_share(&mut tx, target.workload_id)
         .await?
-        .ok_or_else(workloads::not_found)?;
+        .ok_or_else(Error::workload_not_found)?;
     if let Some(later) = db::jobs::later_change(&mut *tx, workload.id, id).await? {
         return Err(Error::conflict(
             "not_latest_change",
@@ -103,7 +103,7 @@ async fn check_and_enqueue(
     )
     .await
     .map_err(|e| match e {
-        EnqueueError::AlreadyActive { active_job } => snapshots::active_job_conflict(active_job),
+        EnqueueError::AlreadyActive { active_job } => Error::active_job(active_job),
         EnqueueError::Db(e) => Error::internal(e),
     })?;
     db::jobs::set_source(&mut *tx, job.id, id).await?;

@@ -94,7 +94,7 @@ pub struct WorkloadList {
 
 fn write_error(e: WorkloadWriteError) -> Error {
     match e {
-        WorkloadWriteError::NotFound => not_found(),
+        WorkloadWriteError::NotFound => Error::workload_not_found(),
         WorkloadWriteError::Duplicate => Error::conflict(
             "workload_exists",
             "a workload with this project, stage and name already exists",
@@ -119,10 +119,6 @@ fn write_error(e: WorkloadWriteError) -> Error {
         }
         WorkloadWriteError::Db(e) => Error::internal(e),
     }
-}
-
-pub(crate) fn not_found() -> Error {
-    Error::not_found("workload_not_found", "no workload with this id")
 }
 
 fn validated(body: WorkloadBody) -> Result<WorkloadFields, Error> {
@@ -222,7 +218,7 @@ async fn get_workload(
     store::get(&state.pool, id)
         .await?
         .map(axum::Json)
-        .ok_or_else(not_found)
+        .ok_or_else(Error::workload_not_found)
 }
 
 /// Replace a workload's fields. Moving it to another node is refused (409) while it has

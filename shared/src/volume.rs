@@ -126,7 +126,7 @@ pub enum VolumeError {
 
 impl VolumeError {
     /// The job failure code (`volsnap_shared::failure`) of this refusal.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> failure::FailureCode {
         match self {
             VolumeError::Source(PathError::DotDot | PathError::NotRelative)
             | VolumeError::NotAComponent(_) => failure::PATH_ESCAPES_BASE,
@@ -161,7 +161,7 @@ pub struct VolumeRefusal {
 }
 
 impl VolumeRefusal {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> failure::FailureCode {
         self.error.code()
     }
 

@@ -12,10 +12,11 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
+use volsnap_shared::db;
 use volsnap_shared::ids::{SnapshotId, WorkloadId};
 
 use crate::config::{Cli, Command, CommonArgs, RunArgs, SnapshotCommand};
-use crate::engine::{Engine, archive, fsops, store};
+use crate::engine::{Engine, archive, fsops};
 
 pub async fn main() -> ExitCode {
     volsnap_shared::telemetry::init();
@@ -164,7 +165,7 @@ async fn import(workload: &str, file: &Path, common: &CommonArgs) -> anyhow::Res
         volsnap_shared::database::connect(common.database_url.as_deref(), &common.state_dir, 2)
             .await?;
     volsnap_shared::database::ensure_migrated(&pool).await?;
-    let w = store::workload(&pool, wid)
+    let w = db::workloads::get(&pool, wid)
         .await?
         .with_context(|| format!("workload {wid} not found"))?;
     let node = common.checked_node()?;
@@ -174,7 +175,7 @@ async fn import(workload: &str, file: &Path, common: &CommonArgs) -> anyhow::Res
         w.node
     );
     let sid = SnapshotId::new();
-    let rel = format!("{wid}/{sid}.tar.gz");
+    let rel = db::snapshots::archive_path(wid, sid);
     let dest = common.snapshot_dir().join(&rel);
     let (src, d) = (file.to_path_buf(), dest.clone());
     let (size, sha) = tokio::task::spawn_blocking(move || copy_durably(&src, &d)).await??;
@@ -183,12 +184,12 @@ async fn import(workload: &str, file: &Path, common: &CommonArgs) -> anyhow::Res
         "the file changed while it was being imported"
     );
     let manifest = serde_json::to_value(&summary.manifest)?;
-    if let Err(e) = store::insert_imported(
+    if let Err(e) = db::snapshots::insert_imported(
         &pool,
         sid,
         wid,
         &node,
-        &store::ArchiveRecord {
+        &db::snapshots::ArchiveRecord {
             archive_path: &rel,
             size,
             sha256: &sha,

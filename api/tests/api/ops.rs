@@ -78,6 +78,31 @@ async fn build_refuses_a_database_with_pending_migrations(pool: PgPool) {
     assert!(err.to_string().contains("volsnap-api migrate"), "{err}");
 }
 
+/// The API refuses a schema a newer build migrated, as the worker does (one check,
+/// `volsnap_shared::database::ensure_migrated`).
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn build_refuses_a_database_with_a_newer_schema(pool: PgPool) {
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99999999999999, 'from a newer build', true, '\\x00', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let err = volsnap_api::build(
+        pool,
+        &volsnap_api::ServeConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            limits: Default::default(),
+            token_cache_ttl: std::time::Duration::from_secs(2),
+        },
+    )
+    .await
+    .err()
+    .expect("must refuse a schema newer than the binary");
+    assert!(err.to_string().contains("upgrade volsnap"), "{err}");
+}
+
 #[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
 async fn openapi_describes_every_route(pool: PgPool) {
     let app = TestApp::new(pool).await;

@@ -169,3 +169,127 @@ pub async fn undone<'e>(exec: impl PgExecutor<'e>, job: JobId) -> Result<bool, s
     .fetch_one(exec)
     .await
 }
+
+/// A job's state; `None`: the row is gone (pruned).
+pub async fn state<'e>(
+    exec: impl PgExecutor<'e>,
+    job: JobId,
+) -> Result<Option<JobState>, sqlx::Error> {
+    sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
+        .bind(job)
+        .fetch_optional(exec)
+        .await
+}
+
+/// The `pre-restore` snapshot linked to a job, if any.
+pub async fn pre_restore_of<'e>(
+    exec: impl PgExecutor<'e>,
+    job: JobId,
+) -> Result<Option<SnapshotId>, sqlx::Error> {
+    Ok(sqlx::query_scalar::<_, Option<SnapshotId>>(
+        "SELECT pre_restore_snapshot_id FROM jobs WHERE id = $1",
+    )
+    .bind(job)
+    .fetch_optional(exec)
+    .await?
+    .flatten())
+}
+
+/// Link a pre-restore snapshot to its job without a lease (start-up recovery and the
+/// archive job hold the workload's lock or the keep record instead; the job's owner is
+/// gone or finished). The job's own run links it fenced by its lease
+/// (`JobContext::set_pre_restore_snapshot`).
+pub async fn link_pre_restore_unfenced<'e>(
+    exec: impl PgExecutor<'e>,
+    job: JobId,
+    sid: SnapshotId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE jobs SET pre_restore_snapshot_id = $2 WHERE id = $1")
+        .bind(job)
+        .bind(sid)
+        .execute(exec)
+        .await?;
+    Ok(())
+}
+
+/// The ids a kept pre-restore copy's background archive is enqueued with (chosen by
+/// its keep record, so enqueueing is idempotent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreRestoreArchive {
+    /// The restore (or undo) that kept the copy.
+    pub job_id: JobId,
+    pub workload_id: WorkloadId,
+    /// The `pre-restore` snapshot the copy is archived as.
+    pub snapshot_id: SnapshotId,
+    /// The `pre_restore_archive` job.
+    pub archive_job_id: JobId,
+}
+
+/// Enqueue the background archive of a kept pre-restore copy, with the ids its record
+/// chose (idempotent): the `pre-restore` snapshot row (`capturing`) and the
+/// `pre_restore_archive` job commit together. Returns false when the workload has an
+/// active job (single-flight): try again later.
+pub async fn enqueue_pre_restore_archive(
+    pool: &PgPool,
+    rec: impl Into<PreRestoreArchive>,
+    node: &str,
+) -> Result<bool, sqlx::Error> {
+    let rec: PreRestoreArchive = rec.into();
+    let mut tx = pool.begin().await?;
+    super::snapshots::insert_capturing(
+        &mut *tx,
+        rec.snapshot_id,
+        rec.workload_id,
+        node,
+        crate::domain::SnapshotKind::PreRestore,
+    )
+    .await?;
+    // No conflict target: the single-flight index (whatever its predicate) and the
+    // primary key both end in "nothing inserted".
+    let inserted: Option<JobId> = sqlx::query_scalar(
+        "INSERT INTO jobs (id, kind, workload_id, snapshot_id, node, requested_by) \
+         VALUES ($1, 'pre_restore_archive', $2, $3, $4, 'volsnap-worker') \
+         ON CONFLICT DO NOTHING RETURNING id",
+    )
+    .bind(rec.archive_job_id)
+    .bind(rec.workload_id)
+    .bind(rec.snapshot_id)
+    .bind(node)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if inserted.is_none() {
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1)")
+            .bind(rec.archive_job_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !exists {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+    }
+    sqlx::query(
+        "INSERT INTO job_sources (job_id, source_job_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(rec.archive_job_id)
+    .bind(rec.job_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Restores that failed in the last 10 minutes, per workload (only workloads with one;
+/// at most 100, most failures first): `(project/stage/name, workload id, node, count)`.
+pub async fn recent_restore_failures(
+    pool: &PgPool,
+) -> Result<Vec<(String, uuid::Uuid, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT w.project || '/' || w.stage || '/' || w.name, w.id, j.node, count(*)::int8 \
+         FROM jobs j JOIN workloads w ON w.id = j.workload_id \
+         WHERE j.kind = 'restore' AND j.state = 'failed' \
+           AND j.finished_at > now() - interval '10 minutes' \
+         GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1 LIMIT 100",
+    )
+    .fetch_all(pool)
+    .await
+}

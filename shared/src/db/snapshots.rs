@@ -1,16 +1,24 @@
-//! Snapshot rows as the API sees them. The worker fills in a capture's archive path,
-//! size, sha256 and manifest; the API creates the `capturing` row and marks deletions.
+//! Snapshot rows. The API creates a manual capture's `capturing` row and marks
+//! deletions; the worker fills in a capture's archive path, size, sha256 and manifest,
+//! registers imports and records the removal of deleted snapshots' files.
 
 use std::sync::LazyLock;
 
 use sqlx::{AssertSqlSafe, PgConnection, PgExecutor, PgPool};
 
 use super::{Cursor, Page};
-use crate::domain::{Snapshot, SnapshotKind, SnapshotState, Workload};
+use crate::domain::{Snapshot, SnapshotKind, SnapshotState};
 use crate::ids::{JobId, SnapshotId, WorkloadId};
 
 const COLUMNS: &str = "id, workload_id, node, kind, state, archive_path, size_bytes, sha256, \
     manifest, created_at, deleted_at";
+
+/// Where a snapshot's archive lives, relative to its node's snapshot dir (the value of
+/// `snapshots.archive_path` for every archive volsnap writes or imports):
+/// `<workload>/<snapshot>.tar.gz`.
+pub fn archive_path(workload: WorkloadId, snapshot: SnapshotId) -> String {
+    format!("{workload}/{snapshot}.tar.gz")
+}
 
 pub async fn get<'e>(
     exec: impl PgExecutor<'e>,
@@ -38,25 +46,135 @@ pub async fn get_for_share(
         .await
 }
 
-/// The `capturing` row a manual capture job fills in, on the workload's node.
-pub async fn insert_capturing(
-    conn: &mut PgConnection,
-    workload: &Workload,
-) -> Result<Snapshot, sqlx::Error> {
+/// Insert a `capturing` snapshot row of `kind`: the row a capture job (or a kept
+/// pre-restore copy's archive job) fills in. Idempotent on the id: recovery re-runs it
+/// with the id the journal recorded, and then gets `None` (the row is there already).
+pub async fn insert_capturing<'e>(
+    exec: impl PgExecutor<'e>,
+    id: SnapshotId,
+    workload: WorkloadId,
+    node: &str,
+    kind: SnapshotKind,
+) -> Result<Option<Snapshot>, sqlx::Error> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "INSERT INTO snapshots (id, workload_id, node, kind, state) VALUES ($1, $2, $3, $4, $5) \
-             RETURNING {COLUMNS}"
+             ON CONFLICT (id) DO NOTHING RETURNING {COLUMNS}"
         )
     });
     sqlx::query_as::<_, Snapshot>(AssertSqlSafe(SQL.as_str()))
-        .bind(SnapshotId::new())
-        .bind(workload.id)
-        .bind(&workload.node)
-        .bind(SnapshotKind::Manual)
+        .bind(id)
+        .bind(workload)
+        .bind(node)
+        .bind(kind)
         .bind(SnapshotState::Capturing)
-        .fetch_one(conn)
+        .fetch_optional(exec)
         .await
+}
+
+/// A written archive, as its snapshot row records it.
+#[derive(Debug, Clone)]
+pub struct ArchiveRecord<'a> {
+    /// Relative to the node's snapshot dir.
+    pub archive_path: &'a str,
+    pub size: u64,
+    pub sha256: &'a str,
+    pub manifest: &'a serde_json::Value,
+}
+
+impl ArchiveRecord<'_> {
+    fn size_bytes(&self) -> i64 {
+        i64::try_from(self.size).unwrap_or(i64::MAX)
+    }
+}
+
+/// Fill in a written archive and mark the snapshot `ready`.
+pub async fn mark_ready<'e>(
+    exec: impl PgExecutor<'e>,
+    id: SnapshotId,
+    a: &ArchiveRecord<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE snapshots SET state = 'ready', archive_path = $2, size_bytes = $3, sha256 = $4, \
+         manifest = $5 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(a.archive_path)
+    .bind(a.size_bytes())
+    .bind(a.sha256)
+    .bind(a.manifest)
+    .execute(exec)
+    .await?;
+    Ok(())
+}
+
+/// Mark a snapshot that never became ready as `failed` (a ready one is left alone).
+pub async fn mark_failed<'e>(exec: impl PgExecutor<'e>, id: SnapshotId) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE snapshots SET state = 'failed' WHERE id = $1 AND state = 'capturing'")
+        .bind(id)
+        .execute(exec)
+        .await?;
+    Ok(())
+}
+
+/// A snapshot's state; `None`: no such row.
+pub async fn state<'e>(
+    exec: impl PgExecutor<'e>,
+    id: SnapshotId,
+) -> Result<Option<SnapshotState>, sqlx::Error> {
+    sqlx::query_scalar("SELECT state FROM snapshots WHERE id = $1")
+        .bind(id)
+        .fetch_optional(exec)
+        .await
+}
+
+/// Register an imported archive as a `ready` snapshot.
+pub async fn insert_imported<'e>(
+    exec: impl PgExecutor<'e>,
+    id: SnapshotId,
+    workload: WorkloadId,
+    node: &str,
+    a: &ArchiveRecord<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO snapshots (id, workload_id, node, kind, state, archive_path, size_bytes, sha256, manifest) \
+         VALUES ($1, $2, $3, 'imported', 'ready', $4, $5, $6, $7)",
+    )
+    .bind(id)
+    .bind(workload)
+    .bind(node)
+    .bind(a.archive_path)
+    .bind(a.size_bytes())
+    .bind(a.sha256)
+    .bind(a.manifest)
+    .execute(exec)
+    .await?;
+    Ok(())
+}
+
+/// Snapshots of this node marked deleted whose file is still on disk (at most 100,
+/// oldest deletion first).
+pub async fn deleted_with_files(
+    pool: &PgPool,
+    node: &str,
+) -> Result<Vec<(SnapshotId, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, archive_path FROM snapshots \
+         WHERE node = $1 AND deleted_at IS NOT NULL AND file_removed_at IS NULL \
+         ORDER BY deleted_at LIMIT 100",
+    )
+    .bind(node)
+    .fetch_all(pool)
+    .await
+}
+
+/// Record that a deleted snapshot's file is gone from the node.
+pub async fn mark_file_removed(pool: &PgPool, id: SnapshotId) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE snapshots SET file_removed_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// A workload's snapshots, newest first, keyset-paginated.

@@ -116,6 +116,27 @@ fn normal_form(vols: &[volume::Volume]) -> Vec<VolumeSpec> {
     vols.iter().map(volume::Volume::to_spec).collect()
 }
 
+/// `sql` (an insert or an update returning the row) with the workload's id as `$1` and
+/// its fields, in [`WorkloadFields`]' order, as `$2`..`$9`; `volumes` in normal form.
+fn bind_fields<'q>(
+    sql: &'q str,
+    id: WorkloadId,
+    f: &'q WorkloadFields,
+    volumes: &'q [VolumeSpec],
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, Workload, sqlx::postgres::PgArguments> {
+    sqlx::query_as::<_, Workload>(AssertSqlSafe(sql))
+        .bind(id)
+        .bind(&f.name)
+        .bind(&f.project)
+        .bind(&f.stage)
+        .bind(&f.node)
+        .bind(f.source_kind)
+        .bind(&f.image)
+        .bind(sqlx::types::Json(volumes))
+        .bind(f.stop_for_capture)
+}
+
+/// Create a workload (a new id) from `f`, under the node's volume rules.
 pub async fn insert(pool: &PgPool, f: &WorkloadFields) -> Result<Workload, WorkloadWriteError> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
@@ -126,16 +147,7 @@ pub async fn insert(pool: &PgPool, f: &WorkloadFields) -> Result<Workload, Workl
     let mut tx = pool.begin().await?;
     let (vols, roots) = rules_on_node(&mut tx, f).await?;
     let volumes = normal_form(&vols);
-    let w = sqlx::query_as::<_, Workload>(AssertSqlSafe(SQL.as_str()))
-        .bind(WorkloadId::new())
-        .bind(&f.name)
-        .bind(&f.project)
-        .bind(&f.stage)
-        .bind(&f.node)
-        .bind(f.source_kind)
-        .bind(&f.image)
-        .bind(sqlx::types::Json(&volumes))
-        .bind(f.stop_for_capture)
+    let w = bind_fields(SQL.as_str(), WorkloadId::new(), f, &volumes)
         .fetch_one(&mut *tx)
         .await
         .map_err(map_write)?;
@@ -243,16 +255,7 @@ pub async fn update(
     }
     let (vols, roots) = rules_on_node(&mut tx, f).await?;
     let volumes = normal_form(&vols);
-    let updated = sqlx::query_as::<_, Workload>(AssertSqlSafe(SQL.as_str()))
-        .bind(id)
-        .bind(&f.name)
-        .bind(&f.project)
-        .bind(&f.stage)
-        .bind(&f.node)
-        .bind(f.source_kind)
-        .bind(&f.image)
-        .bind(sqlx::types::Json(&volumes))
-        .bind(f.stop_for_capture)
+    let updated = bind_fields(SQL.as_str(), id, f, &volumes)
         .fetch_one(&mut *tx)
         .await
         .map_err(map_write)?;

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use volsnap_e2e::engine::{IMAGE, docker, ensure_image, vol};
+use volsnap_shared::db;
 use volsnap_shared::domain::{JobKind, SourceKind, VolumeScope, VolumeSpec};
 use volsnap_shared::ids::{SnapshotId, WorkloadId};
 use volsnap_shared::queue::{self, NewJob};
@@ -226,7 +227,7 @@ async fn main() {
 
         eprintln!("== {mib} MiB: writing the snapshot");
         let sid = SnapshotId::new();
-        let rel = format!("{w}/{sid}.tar.gz");
+        let rel = db::snapshots::archive_path(w, sid);
         let archive = root.join("snapshots").join(&rel);
         std::fs::create_dir_all(archive.parent().unwrap()).unwrap();
         let s = volsnap_archive::write_archive_file(
@@ -244,18 +245,20 @@ async fn main() {
             &mut |_, _| {},
         )
         .unwrap();
-        sqlx::query(
-            "INSERT INTO snapshots (id, workload_id, node, kind, state, archive_path, size_bytes, sha256, manifest) \
-             VALUES ($1, $2, $3, 'manual', 'ready', $4, $5, $6, $7)",
+        // Registered as `volsnap-worker snapshot import` does (the engine restores any
+        // ready snapshot alike).
+        db::snapshots::insert_imported(
+            &pool,
+            sid,
+            w,
+            NODE,
+            &db::snapshots::ArchiveRecord {
+                archive_path: &rel,
+                size: s.size,
+                sha256: &s.sha256,
+                manifest: &serde_json::to_value(&s.manifest).unwrap(),
+            },
         )
-        .bind(sid)
-        .bind(w)
-        .bind(NODE)
-        .bind(&rel)
-        .bind(s.size as i64)
-        .bind(&s.sha256)
-        .bind(serde_json::to_value(&s.manifest).unwrap())
-        .execute(&pool)
         .await
         .unwrap();
         let _ = Command::new("sync").status();

@@ -1,19 +1,24 @@
 //! The engine's use of the `volsnap-archive` crate, in one place: writing a snapshot
 //! of host directories, reading a manifest, extracting into staging directories, and
-//! mapping archive errors to job failure codes (`archive_<rule>`).
+//! mapping archive errors to job failure codes (`archive_<rule>`), and writing an
+//! archive durably (through `<dest>.partial`).
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::fs::File;
+use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use volsnap_archive as va;
+use volsnap_shared::db;
 use volsnap_shared::domain::VolumeSpec;
-use volsnap_shared::failure;
+use volsnap_shared::failure::{self, FailureCode};
 use volsnap_shared::ids::WorkloadId;
 
 use super::error::Failure;
+use super::{Progress, fsops};
 
 pub use va::{Limits, Manifest};
 
@@ -38,8 +43,8 @@ pub struct Written {
 
 impl Written {
     /// The row fields for this archive stored at `archive_path`.
-    pub fn record<'a>(&'a self, archive_path: &'a str) -> super::store::ArchiveRecord<'a> {
-        super::store::ArchiveRecord {
+    pub fn record<'a>(&'a self, archive_path: &'a str) -> db::snapshots::ArchiveRecord<'a> {
+        db::snapshots::ArchiveRecord {
             archive_path,
             size: self.size,
             sha256: &self.sha256,
@@ -60,7 +65,7 @@ pub fn failure_of(e: va::ArchiveError) -> Failure {
         "io" => Failure::internal(failure::IO, "I/O error while reading or writing data", e),
         rule => {
             let msg = format!("the snapshot archive was refused: {e}");
-            Failure::new(&format!("{}{rule}", failure::ARCHIVE_PREFIX), msg).with_cause(e)
+            Failure::new(FailureCode::Archive(rule), msg).with_cause(e)
         }
     }
 }
@@ -123,4 +128,90 @@ pub fn extract_at(
 /// Check a whole archive (every rule, nothing written): manifest, size and sha256.
 pub fn verify_full(path: &Path, limits: &Limits) -> Result<va::VerifySummary, Failure> {
     va::verify(path, limits).map_err(failure_of)
+}
+
+/// Write an archive to `<dest>.partial`, fsync it, rename it into place, fsync the dir.
+pub fn write_archive_durably(
+    dest: &Path,
+    workload: WorkloadId,
+    sources: &[SourceVolume],
+    limits: &Limits,
+    level: u32,
+    progress: &Progress,
+) -> Result<Written, Failure> {
+    write_archive_durably_until(
+        dest,
+        workload,
+        sources,
+        limits,
+        level,
+        progress,
+        &AtomicBool::new(false),
+    )
+}
+
+/// [`write_archive_durably`] that fails (leaving no partial file) once `stop` is set.
+pub fn write_archive_durably_until(
+    dest: &Path,
+    workload: WorkloadId,
+    sources: &[SourceVolume],
+    limits: &Limits,
+    level: u32,
+    progress: &Progress,
+    stop: &AtomicBool,
+) -> Result<Written, Failure> {
+    let dir = fsops::parent(dest);
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::io("creating the snapshot directory", e))?;
+        // The new workload directory must survive a crash with the archive in it.
+        fsops::fsync_dir(fsops::parent(dir))
+            .map_err(|e| Failure::io("syncing the snapshot directory", e))?;
+    }
+    let partial = partial_path(dest);
+    fsops::remove_file(&partial).map_err(|e| Failure::io("removing a partial archive", e))?;
+    let out = File::create(&partial).map_err(|e| Failure::io("creating the archive", e))?;
+    let mut w = StopWriter { inner: out, stop };
+    let res = write(&mut w, workload, sources, limits, level, |d, t| {
+        progress.set(d, t)
+    });
+    let written = match res {
+        Ok(w) => w,
+        Err(f) => {
+            let _ = fsops::remove_file(&partial);
+            return Err(f);
+        }
+    };
+    let out = w.inner;
+    out.sync_all()
+        .map_err(|e| Failure::io("syncing the archive", e))?;
+    drop(out);
+    std::fs::rename(&partial, dest).map_err(|e| Failure::io("placing the archive", e))?;
+    fsops::fsync_dir(dir).map_err(|e| Failure::io("syncing the snapshot directory", e))?;
+    Ok(written)
+}
+
+/// A file writer that fails once told to stop (a cancelled background archive).
+struct StopWriter<'a> {
+    inner: File,
+    stop: &'a AtomicBool,
+}
+
+impl io::Write for StopWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(io::Error::other("stopped"));
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+pub fn partial_path(dest: &Path) -> PathBuf {
+    let mut s = dest.as_os_str().to_owned();
+    s.push(".partial");
+    PathBuf::from(s)
 }

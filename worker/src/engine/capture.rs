@@ -7,19 +7,20 @@
 //! the capture (`volume_source_missing`): recording it as empty would let a later
 //! restore wipe data that was merely misconfigured.
 
+use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
 
 use volsnap_shared::domain::{JobKind, SnapshotState};
-use volsnap_shared::failure;
 use volsnap_shared::queue::worker::JobContext;
+use volsnap_shared::{db, failure};
 
+use super::archive::{partial_path, write_archive_durably};
+use super::dirs::ParentDir;
 use super::error::{Failure, Stop};
-use super::journal::{Journal, JournalState, Outcome};
-use super::restore::{
-    close_journal, open_live, partial_path, write_archive_durably, write_journal,
-};
-use super::{Engine, archive, blocking, blocking_with_progress, fsops, paths, store};
+use super::journal::{Journal, JournalState, Outcome, close_journal, write_journal};
+use super::{Engine, archive, blocking, blocking_with_progress, fsops, paths};
 use crate::crash_point;
 
 #[tracing::instrument(skip_all, fields(job_id = %ctx.id()))]
@@ -33,19 +34,19 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
     })?;
     let res = capture(eng, ctx).await;
     if let Err(Stop::Failed(_) | Stop::Cancelled) = &res {
-        store::mark_failed(&eng.pool, sid).await?;
+        db::snapshots::mark_failed(&eng.pool, sid).await?;
     }
     res
 }
 
 async fn capture(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
     let sid = ctx.job.snapshot_id.expect("checked");
-    let workload = store::workload(&eng.pool, ctx.job.workload_id)
+    let workload = db::workloads::get(&eng.pool, ctx.job.workload_id)
         .await?
         .ok_or_else(|| {
             Failure::new(failure::WORKLOAD_NOT_FOUND, "the workload no longer exists")
         })?;
-    let snap = store::snapshot(&eng.pool, sid).await?.ok_or_else(|| {
+    let snap = db::snapshots::get(&eng.pool, sid).await?.ok_or_else(|| {
         Failure::new(
             failure::SNAPSHOT_NOT_READY,
             "the snapshot row no longer exists",
@@ -77,7 +78,7 @@ async fn capture(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
             .collect()
     })
     .await?;
-    let rel = format!("{}/{sid}.tar.gz", workload.id);
+    let rel = db::snapshots::archive_path(workload.id, sid);
     let dest = eng.snapshot_file(&rel)?;
 
     let mut j = Journal {
@@ -99,7 +100,7 @@ async fn capture(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
         }
         j.containers = eng.docker.running_containers(workload.id).await?;
     }
-    write_journal(eng, &j).await?;
+    write_journal(&eng.journals, &j).await?;
     crash_point!("capture.journal");
 
     let started = Instant::now();
@@ -141,17 +142,17 @@ async fn capture(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
                 fsops::remove_file(&d).map_err(|e| Failure::io("cleanup", e))
             })
             .await;
-            close_journal(eng, ctx.id()).await?;
+            close_journal(&eng.journals, ctx.id()).await?;
             return Err(f.into());
         }
     };
-    store::mark_ready(&eng.pool, sid, &written.record(&rel)).await?;
+    db::snapshots::mark_ready(&eng.pool, sid, &written.record(&rel)).await?;
     crash_point!("capture.ready");
-    close_journal(eng, ctx.id()).await?;
+    close_journal(&eng.journals, ctx.id()).await?;
     Ok(match restarted {
         Ok(()) => Outcome::Succeeded,
         Err(f) => Outcome::Failed {
-            code: f.code,
+            code: f.code.into(),
             message: format!(
                 "the snapshot was captured, but the workload did not come back: {}",
                 f.message
@@ -166,7 +167,7 @@ pub async fn recover(eng: &Engine, j: &Journal) -> Result<Outcome, Failure> {
     let restarted = eng.docker.restart_after_quiesce(&j.containers).await;
     let sid = j.snapshot_id;
     let ready = match sid {
-        Some(sid) => store::snapshot_state(&eng.pool, sid).await? == Some(SnapshotState::Ready),
+        Some(sid) => db::snapshots::state(&eng.pool, sid).await? == Some(SnapshotState::Ready),
         None => false,
     };
     if let Some(dest) = j.partial.clone() {
@@ -180,13 +181,13 @@ pub async fn recover(eng: &Engine, j: &Journal) -> Result<Outcome, Failure> {
         .await?;
     }
     if !ready && let Some(sid) = sid {
-        store::mark_failed(&eng.pool, sid).await?;
+        db::snapshots::mark_failed(&eng.pool, sid).await?;
     }
     crash_point!("recovery.capture");
     Ok(match (ready, restarted) {
         (true, Ok(())) => Outcome::Succeeded,
         (_, Err(f)) => Outcome::Failed {
-            code: f.code,
+            code: f.code.into(),
             message: format!(
                 "the capture was interrupted and the workload did not come back: {}",
                 f.message
@@ -199,4 +200,38 @@ pub async fn recover(eng: &Engine, j: &Journal) -> Result<Outcome, Failure> {
                     .into(),
         },
     })
+}
+
+/// Open a live volume directory for reading (capture): its parent fd by fd from the
+/// trusted base, then the directory itself, never through a symlink. A missing one is
+/// `volume_source_missing`: recording it as empty would let a later restore wipe data
+/// that was merely misconfigured.
+pub fn open_live(h: &paths::HostVolume) -> Result<OwnedFd, Failure> {
+    let label = &h.spec.target;
+    let missing = || {
+        Failure::new(
+            failure::VOLUME_SOURCE_MISSING,
+            format!("volume {label:?}: its host directory does not exist; nothing was captured"),
+        )
+    };
+    let (base, rel) = (&h.base, &h.rel);
+    let (Some(parent_rel), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return Err(missing());
+    };
+    let refused = |e: io::Error| {
+        tracing::warn!(volume = %label, path = %h.path.display(), error = %e, "cannot open a volume");
+        if e.raw_os_error() == Some(nix::libc::ENOENT) {
+            missing()
+        } else {
+            Failure::new(
+                failure::PATH_ESCAPES_BASE,
+                format!(
+                    "volume {label:?}: a component of its host path is a symlink or not a directory"
+                ),
+            )
+            .with_cause(e)
+        }
+    };
+    let p = ParentDir::open(base, parent_rel).map_err(refused)?;
+    p.open_dir(name, None).map_err(refused)
 }

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use volsnap_shared::failure;
+use volsnap_shared::failure::{self, FailureCode};
 use volsnap_shared::queue::QueueError;
 use volsnap_shared::queue::worker::PointOfNoReturnError;
 
@@ -14,7 +14,7 @@ type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// the client, and (for the logs only) the underlying cause.
 #[derive(Debug)]
 pub struct Failure {
-    pub code: String,
+    pub code: FailureCode,
     pub message: String,
     pub cause: Option<Cause>,
     /// The cause is a transient fault (see `failure::is_transient_db_error`): before
@@ -24,9 +24,9 @@ pub struct Failure {
 
 impl Failure {
     /// A failure whose message is meant for the client as it is.
-    pub fn new(code: &str, message: impl Into<String>) -> Failure {
+    pub fn new(code: FailureCode, message: impl Into<String>) -> Failure {
         Failure {
-            code: code.to_owned(),
+            code,
             message: message.into(),
             cause: None,
             transient: false,
@@ -39,7 +39,11 @@ impl Failure {
     }
 
     /// An internal failure: the client sees `what` only, the cause goes to the logs.
-    pub fn internal(code: &str, what: impl Into<String>, cause: impl Into<Cause>) -> Failure {
+    pub fn internal(
+        code: FailureCode,
+        what: impl Into<String>,
+        cause: impl Into<Cause>,
+    ) -> Failure {
         Failure::new(code, what).with_cause(cause)
     }
 

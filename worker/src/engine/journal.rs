@@ -19,6 +19,7 @@ use volsnap_shared::domain::{JobKind, VolumeSpec};
 use volsnap_shared::ids::{JobId, SnapshotId, WorkloadId};
 
 use super::dirs::FileId;
+use super::error::Failure;
 use super::fsops;
 
 /// One volume of a restore, as planned in pre-flight.
@@ -286,6 +287,30 @@ fn remove_if_unlocked(path: &Path) -> io::Result<bool> {
     }
     fsops::remove_file(path)?;
     Ok(true)
+}
+
+/// Write (replace) a job's journal, off the async executor.
+pub async fn write_journal(journals: &JournalDir, j: &Journal) -> Result<(), Failure> {
+    let (journals, j) = (journals.clone(), j.clone());
+    super::blocking(move || {
+        journals
+            .write(&j)
+            .map_err(|e| Failure::io("writing the journal", e))
+    })
+    .await
+}
+
+/// Remove a finished job's journal, off the async executor.
+pub async fn close_journal(journals: &JournalDir, job: JobId) -> Result<(), Failure> {
+    let journals = journals.clone();
+    super::blocking(move || {
+        journals
+            .remove(job)
+            .map_err(|e| Failure::io("closing the journal", e))
+    })
+    .await?;
+    crate::crash_point!("journal.closed");
+    Ok(())
 }
 
 #[cfg(test)]

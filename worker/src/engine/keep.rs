@@ -32,13 +32,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use volsnap_shared::db;
 use volsnap_shared::domain::{JobKind, JobState, SnapshotState};
 use volsnap_shared::ids::{JobId, SnapshotId, WorkloadId};
 
 use super::error::Failure;
 use super::journal::{JournalState, PlannedVolume};
 use super::restore::{held, reopen_parents};
-use super::{Engine, blocking, fsops, nodelock, store, swap};
+use super::{Engine, blocking, fsops, nodelock, swap};
 use crate::crash_point;
 
 /// Where a kept copy's background archive is.
@@ -316,7 +317,7 @@ fn has_open_journal(eng: &Engine, workload: WorkloadId) -> bool {
 
 async fn maintain(eng: &Engine, mut rec: KeepRecord) -> Result<(), Failure> {
     // The keeping job first ends (a recovering one may still be deciding).
-    if store::job_state(&eng.pool, rec.job_id)
+    if db::jobs::state(&eng.pool, rec.job_id)
         .await?
         .is_some_and(|s| !s.is_final())
     {
@@ -325,12 +326,12 @@ async fn maintain(eng: &Engine, mut rec: KeepRecord) -> Result<(), Failure> {
     let before = rec.archive.clone();
     match rec.archive {
         ArchiveState::Pending => {
-            if store::enqueue_pre_restore_archive(&eng.pool, &rec, &eng.cfg.node).await? {
+            if db::jobs::enqueue_pre_restore_archive(&eng.pool, &rec, &eng.cfg.node).await? {
                 tracing::info!(job_id = %rec.job_id, archive_job_id = %rec.archive_job_id, "pre-restore copy: archive job enqueued");
                 rec.archive = ArchiveState::Enqueued;
             }
         }
-        ArchiveState::Enqueued => match store::job_state(&eng.pool, rec.archive_job_id).await? {
+        ArchiveState::Enqueued => match db::jobs::state(&eng.pool, rec.archive_job_id).await? {
             Some(JobState::Succeeded) => rec.archive = ArchiveState::Archived,
             Some(JobState::Cancelled) => rec.archive = ArchiveState::Cancelled,
             Some(JobState::Failed) => {
@@ -340,7 +341,7 @@ async fn maintain(eng: &Engine, mut rec: KeepRecord) -> Result<(), Failure> {
             Some(_) => {}
             // Pruned long after it finished: the snapshot tells.
             None => {
-                rec.archive = match store::snapshot_state(&eng.pool, rec.snapshot_id).await? {
+                rec.archive = match db::snapshots::state(&eng.pool, rec.snapshot_id).await? {
                     Some(SnapshotState::Ready) => ArchiveState::Archived,
                     _ => ArchiveState::Pending,
                 }

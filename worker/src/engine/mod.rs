@@ -24,7 +24,6 @@ pub mod plan;
 pub mod prearchive;
 pub mod recovery;
 pub mod restore;
-pub mod store;
 pub mod swap;
 pub mod undo;
 pub mod verify;
@@ -35,8 +34,8 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use volsnap_shared::domain::JobKind;
-use volsnap_shared::failure;
 use volsnap_shared::queue::worker::{JobContext, JobHandler, JobOutcome};
+use volsnap_shared::{db, failure};
 
 use self::docker::Docker;
 use self::error::{Failure, Stop};
@@ -395,14 +394,14 @@ fn outcome_of(ctx: &JobContext, res: Result<Outcome, Stop>) -> JobOutcome {
         Err(Stop::Retry(f)) => {
             tracing::warn!(job_id = %ctx.id(), code = %f.code, error = %f, "transient failure before any change: retry");
             JobOutcome::Retry {
-                code: f.code,
+                code: f.code.into(),
                 message: f.message,
             }
         }
         Err(Stop::Failed(f)) => {
             tracing::error!(job_id = %ctx.id(), code = %f.code, error = %f, "job failed");
             JobOutcome::Failed {
-                code: f.code,
+                code: f.code.into(),
                 message: f.message,
             }
         }
@@ -422,7 +421,7 @@ pub async fn sweep_deleted(
     node: &str,
     snapshot_dir: &Path,
 ) -> anyhow::Result<usize> {
-    let rows = store::deleted_with_files(pool, node).await?;
+    let rows = db::snapshots::deleted_with_files(pool, node).await?;
     let mut removed = 0;
     for (id, rel) in rows {
         if let Some(rel) = rel {
@@ -432,7 +431,7 @@ pub async fn sweep_deleted(
             })
             .await?;
         }
-        store::mark_file_removed(pool, id).await?;
+        db::snapshots::mark_file_removed(pool, id).await?;
         tracing::info!(snapshot_id = %id, "removed the file of a deleted snapshot");
         removed += 1;
     }
@@ -460,6 +459,18 @@ async fn deletion_loop(
         };
         if let Err(e) = swept {
             tracing::warn!(error = %e, "removing files of deleted snapshots failed; will retry");
+        }
+    }
+}
+
+/// A keep record names the ids its background archive is enqueued with.
+impl From<&keep::KeepRecord> for db::jobs::PreRestoreArchive {
+    fn from(rec: &keep::KeepRecord) -> Self {
+        db::jobs::PreRestoreArchive {
+            job_id: rec.job_id,
+            workload_id: rec.workload_id,
+            snapshot_id: rec.snapshot_id,
+            archive_job_id: rec.archive_job_id,
         }
     }
 }

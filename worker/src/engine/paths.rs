@@ -83,7 +83,7 @@ impl Roots {
 fn refused(workload: &Workload, r: VolumeRefusal) -> Failure {
     let source = workload.volumes.get(r.index).map(|v| v.source.as_str());
     tracing::warn!(workload_id = %workload.id, target = %r.target, source = ?source,
-        code = r.code(), "volume refused");
+        code = %r.code(), "volume refused");
     Failure::new(r.code(), r.to_string())
 }
 

@@ -24,7 +24,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use volsnap_archive::diff::{self as vdiff, DiffError, DiffOptions, DiffSummary, LiveRoots};
-use volsnap_shared::failure;
+use volsnap_shared::failure::{self, FailureCode};
 use volsnap_shared::queue::worker::JobContext;
 
 use super::dirs::{FileId, ParentDir};
@@ -121,7 +121,7 @@ impl PlanResult {
             checks_passed,
             refused: Some(Refusal {
                 step,
-                code: f.code.clone(),
+                code: f.code.into(),
                 message: f.message.clone(),
             }),
             volumes: vec![],
@@ -412,6 +412,6 @@ pub fn failure_of_diff(e: DiffError) -> Failure {
     match e {
         DiffError::Archive(a) => archive::failure_of(a),
         DiffError::Io { what, source } => Failure::io(what, source),
-        other => Failure::new(other.code(), other.to_string()),
+        other => Failure::new(FailureCode::Other(other.code()), other.to_string()),
     }
 }

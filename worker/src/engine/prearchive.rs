@@ -19,16 +19,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use volsnap_shared::domain::{SnapshotKind, SnapshotState};
-use volsnap_shared::failure;
 use volsnap_shared::queue::worker::JobContext;
+use volsnap_shared::{db, failure};
 
+use super::archive::{partial_path, write_archive_durably_until};
 use super::error::{Failure, Stop};
 use super::journal::Outcome;
 use super::keep::{self, KeepRecord};
-use super::restore::{held, partial_path, reopen_parents, write_archive_durably_until};
-use super::{
-    Engine, LockWait, Progress, archive, blocking, fsops, nodelock, store, wait_for_node_lock,
-};
+use super::restore::{held, reopen_parents};
+use super::{Engine, LockWait, Progress, archive, blocking, fsops, nodelock, wait_for_node_lock};
 use crate::crash_point;
 
 /// The kept copy this job was to archive is gone (released by an undo, or removed).
@@ -81,19 +80,19 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
         // Already archived by an earlier attempt whose record was then removed, or
         // released by an undo before this job ran.
         if let Some(sid) = ctx.job.snapshot_id
-            && store::snapshot_state(&eng.pool, sid).await? == Some(SnapshotState::Ready)
+            && db::snapshots::state(&eng.pool, sid).await? == Some(SnapshotState::Ready)
         {
             return Ok(Outcome::Succeeded);
         }
         if let Some(sid) = ctx.job.snapshot_id {
-            store::mark_failed(&eng.pool, sid).await?;
+            db::snapshots::mark_failed(&eng.pool, sid).await?;
         }
         // An undo put the copy back (or a client cancelled): nothing is left to
         // archive, which is not a failure to alert on.
         if let Ok(true) = ctx.cancel_requested().await {
             return Err(Stop::Cancelled);
         }
-        if let Some(keeper) = store::job_source(&eng.pool, me).await?
+        if let Some(keeper) = db::jobs::source_of(&eng.pool, me).await?
             && volsnap_shared::db::jobs::undone(&eng.pool, keeper).await?
         {
             tracing::info!(%keeper, "the kept copy was put back by an undo; nothing to archive");
@@ -132,7 +131,7 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
             };
             if last {
                 // The row must not stay `capturing` for ever; the kept copy stays.
-                if let Err(e) = store::mark_failed(&eng.pool, rec.snapshot_id).await {
+                if let Err(e) = db::snapshots::mark_failed(&eng.pool, rec.snapshot_id).await {
                     tracing::warn!(error = %e, "marking the pre-restore snapshot failed");
                 }
             }
@@ -167,7 +166,7 @@ fn rel_of(rec: &KeepRecord) -> String {
 
 async fn archive_kept(eng: &Engine, ctx: &JobContext, rec: &KeepRecord) -> Result<(), Stop> {
     let sid = rec.snapshot_id;
-    store::insert_capturing(
+    db::snapshots::insert_capturing(
         &eng.pool,
         sid,
         rec.workload_id,
@@ -180,7 +179,7 @@ async fn archive_kept(eng: &Engine, ctx: &JobContext, rec: &KeepRecord) -> Resul
         tracing::info!(keeper = %rec.job_id, "an undo wants this kept copy; handing the archive back");
         return Err(Stop::Shutdown);
     }
-    if store::snapshot_state(&eng.pool, sid).await? != Some(SnapshotState::Ready) {
+    if db::snapshots::state(&eng.pool, sid).await? != Some(SnapshotState::Ready) {
         let rel = rel_of(rec);
         let dest = eng.snapshot_file(&rel)?;
         let parents = reopen_parents(&rec.volumes)?;
@@ -258,10 +257,10 @@ async fn archive_kept(eng: &Engine, ctx: &JobContext, rec: &KeepRecord) -> Resul
             (Err(f), None) => return Err(f.into()),
         };
         crash_point!("archive.written");
-        store::mark_ready(&eng.pool, sid, &written.record(&rel)).await?;
+        db::snapshots::mark_ready(&eng.pool, sid, &written.record(&rel)).await?;
         crash_point!("archive.ready");
     }
-    store::link_pre_restore_unfenced(&eng.pool, rec.job_id, sid).await?;
+    db::jobs::link_pre_restore_unfenced(&eng.pool, rec.job_id, sid).await?;
     crash_point!("archive.linked");
     keep::mark_archived(eng, rec.clone()).await?;
     crash_point!("archive.recorded");

@@ -10,17 +10,16 @@
 //! and recovery itself may be killed at any point and run again.
 
 use volsnap_shared::domain::{JobKind, SnapshotState};
-use volsnap_shared::failure;
 use volsnap_shared::ids::JobId;
 use volsnap_shared::queue::worker::JobContext;
 use volsnap_shared::queue::{ADVISORY_LOCK_CLASS, workload_lock_key};
+use volsnap_shared::{db, failure};
 
+use super::archive::partial_path;
 use super::error::{Failure, Stop};
-use super::journal::{Journal, JournalState, Outcome};
-use super::restore::{
-    close_journal, finish_forward, partial_path, reopen_parents, roll_back, write_journal,
-};
-use super::{Engine, blocking, capture, fsops, store};
+use super::journal::{Journal, JournalState, Outcome, close_journal, write_journal};
+use super::restore::{finish_forward, reopen_parents, roll_back};
+use super::{Engine, blocking, capture, fsops};
 use crate::crash_point;
 
 /// Recover one journal. Returns the job's outcome; the journal is left `finished`.
@@ -82,7 +81,7 @@ pub async fn recover_journal(
     j.state = JournalState::Finished {
         outcome: outcome.clone(),
     };
-    write_journal(eng, j).await?;
+    write_journal(&eng.journals, j).await?;
     crash_point!("recovery.finished");
     tracing::info!(?outcome, "recovered");
     Ok(outcome)
@@ -109,7 +108,7 @@ pub async fn recover_claimed(eng: &Engine, ctx: &JobContext) -> Result<Outcome, 
     };
     match recover_journal(eng, Some(ctx), &mut j).await {
         Ok(outcome) => {
-            close_journal(eng, ctx.id()).await?;
+            close_journal(&eng.journals, ctx.id()).await?;
             Ok(outcome)
         }
         Err(_) if ctx.lease_lost.is_cancelled() => Err(Stop::LeaseLost),
@@ -121,7 +120,7 @@ pub async fn recover_claimed(eng: &Engine, ctx: &JobContext) -> Result<Outcome, 
             // workload are refused until it succeeds.
             tracing::error!(error = %f, "recovery failed; the journal is kept for the next start");
             Ok(Outcome::Failed {
-                code: f.code,
+                code: f.code.into(),
                 message: format!(
                     "recovery of this job failed and needs attention on node {}: {}",
                     eng.cfg.node, f.message
@@ -137,7 +136,7 @@ async fn without_journal(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Fail
     // Nothing changed: the job is queued again while it has retries left.
     let interrupted = |what: &str| {
         let (code, message) = (
-            failure::INTERRUPTED.to_owned(),
+            failure::INTERRUPTED.to_string(),
             format!("the worker stopped during the {what} before it changed anything"),
         );
         if ctx.retries_left() {
@@ -165,7 +164,7 @@ async fn without_journal(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Fail
             }
             // Before issue 11 the pre-restore snapshot was archived inline.
             if let Some(sid) = ctx.job.pre_restore_snapshot_id
-                && store::snapshot_state(&eng.pool, sid).await? == Some(SnapshotState::Ready)
+                && db::snapshots::state(&eng.pool, sid).await? == Some(SnapshotState::Ready)
             {
                 return Ok(Outcome::Succeeded);
             }
@@ -183,10 +182,10 @@ async fn without_journal(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Fail
             let Some(sid) = ctx.job.snapshot_id else {
                 return Ok(interrupted("capture"));
             };
-            if store::snapshot_state(&eng.pool, sid).await? == Some(SnapshotState::Ready) {
+            if db::snapshots::state(&eng.pool, sid).await? == Some(SnapshotState::Ready) {
                 return Ok(Outcome::Succeeded);
             }
-            let dest = eng.snapshot_file(&format!("{}/{sid}.tar.gz", ctx.job.workload_id))?;
+            let dest = eng.snapshot_file(&db::snapshots::archive_path(ctx.job.workload_id, sid))?;
             blocking(move || {
                 fsops::remove_file(&partial_path(&dest)).map_err(|e| Failure::io("cleanup", e))?;
                 fsops::remove_file(&dest).map_err(|e| Failure::io("cleanup", e))
@@ -194,7 +193,7 @@ async fn without_journal(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Fail
             .await?;
             // A retry needs the snapshot row still `capturing`.
             if !ctx.retries_left() {
-                store::mark_failed(&eng.pool, sid).await?;
+                db::snapshots::mark_failed(&eng.pool, sid).await?;
             }
             Ok(interrupted("capture"))
         }
@@ -242,9 +241,9 @@ async fn recover_at_startup(eng: &Engine, id: JobId) -> anyhow::Result<()> {
     }
     let res = async {
         let outcome = recover_journal(eng, None, &mut j).await?;
-        let state = store::job_state(&eng.pool, id).await?;
+        let state = db::jobs::state(&eng.pool, id).await?;
         if state.is_none_or(|s| s.is_final()) {
-            close_journal(eng, id).await?;
+            close_journal(&eng.journals, id).await?;
         }
         Ok::<_, Failure>(outcome)
     }

@@ -24,23 +24,24 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
-use std::os::fd::{AsFd as _, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::AsFd as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
+use volsnap_shared::db;
 use volsnap_shared::domain::{JobKind, Snapshot, SnapshotState, SourceKind};
-use volsnap_shared::failure;
+use volsnap_shared::failure::{self, FailureCode};
 use volsnap_shared::ids::{JobId, SnapshotId, WorkloadId};
 use volsnap_shared::queue::worker::JobContext;
 
 use super::dirs::{self, FileId, ParentDir};
 use super::error::{BeforeAnyChange as _, Failure, Stop};
-use super::journal::{Journal, JournalState, Outcome, PlannedVolume};
+use super::journal::{Journal, JournalState, Outcome, PlannedVolume, close_journal, write_journal};
 use super::swap::Held;
-use super::{Engine, Progress, archive, blocking, fsops, paths, store, swap};
+use super::{Engine, archive, blocking, fsops, paths, swap};
 use crate::crash_point;
 
 /// What pre-flight decided: everything later steps need, all checked.
@@ -130,7 +131,7 @@ pub async fn run_snapshot(
     };
     let parents = plan.parents.clone();
     ctx.set_phase("extracting").await.before_any_change()?;
-    write_journal(eng, &j).await?;
+    write_journal(&eng.journals, &j).await?;
     crash_point!("restore.journal.staging");
 
     match extract(eng, ctx, &plan, file).await {
@@ -179,7 +180,7 @@ pub async fn run_snapshot(
         }
     };
     j.state = JournalState::Quiescing;
-    if let Err(f) = write_journal(eng, &j).await {
+    if let Err(f) = write_journal(&eng.journals, &j).await {
         discard_staging(eng, &j, &parents).await;
         return Err(f.into());
     }
@@ -194,7 +195,7 @@ pub async fn run_snapshot(
         let _ = ctx.set_phase("rolling back").await;
         return match roll_back(eng, &mut j, &parents).await {
             Ok(()) => {
-                close_journal(eng, ctx.id()).await?;
+                close_journal(&eng.journals, ctx.id()).await?;
                 Err(f.into())
             }
             Err(rb) => Err(Stop::NeedsRecovery(rb)),
@@ -203,7 +204,7 @@ pub async fn run_snapshot(
     let verified = super::verify::after_swap(eng, ctx, &plan, &j, &parents).await;
     match finish_forward(eng, Some(ctx), &mut j, &parents, Some(down)).await {
         Ok(outcome) => {
-            close_journal(eng, ctx.id()).await?;
+            close_journal(&eng.journals, ctx.id()).await?;
             Ok(super::verify::outcome(outcome, verified))
         }
         Err(f) if ctx.lease_lost.is_cancelled() => {
@@ -299,7 +300,7 @@ pub fn recheck(v: &PlannedVolume, p: &ParentDir) -> Result<(), Failure> {
 #[tracing::instrument(skip_all)]
 pub async fn preflight(eng: &Engine, ctx: &JobContext, sid: SnapshotId) -> Result<Plan, Failure> {
     let job = &ctx.job;
-    let workload = store::workload(&eng.pool, job.workload_id)
+    let workload = db::workloads::get(&eng.pool, job.workload_id)
         .await?
         .ok_or_else(|| {
             Failure::new(failure::WORKLOAD_NOT_FOUND, "the workload no longer exists")
@@ -313,7 +314,7 @@ pub async fn preflight(eng: &Engine, ctx: &JobContext, sid: SnapshotId) -> Resul
             ),
         ));
     }
-    let snapshot = store::snapshot(&eng.pool, sid).await?.ok_or_else(|| {
+    let snapshot = db::snapshots::get(&eng.pool, sid).await?.ok_or_else(|| {
         Failure::new(failure::SNAPSHOT_NOT_READY, "the snapshot no longer exists")
     })?;
     let not_ready = |why: &str| Err(Failure::new(failure::SNAPSHOT_NOT_READY, why.to_owned()));
@@ -338,7 +339,7 @@ pub async fn preflight(eng: &Engine, ctx: &JobContext, sid: SnapshotId) -> Resul
     // the extractor checks the archive's own manifest and content match it.
     let manifest: archive::Manifest = serde_json::from_value(manifest).map_err(|e| {
         Failure::internal(
-            &format!("{}manifest_invalid", failure::ARCHIVE_PREFIX),
+            FailureCode::Archive("manifest_invalid"),
             "the snapshot's manifest is invalid",
             e,
         )
@@ -497,40 +498,6 @@ fn open_volumes(
         parents.push(Arc::new(p));
     }
     Ok((volumes, parents))
-}
-
-/// Open a live volume directory for reading (capture): its parent fd by fd from the
-/// trusted base, then the directory itself, never through a symlink. A missing one is
-/// `volume_source_missing`: recording it as empty would let a later restore wipe data
-/// that was merely misconfigured.
-pub fn open_live(h: &paths::HostVolume) -> Result<OwnedFd, Failure> {
-    let label = &h.spec.target;
-    let missing = || {
-        Failure::new(
-            failure::VOLUME_SOURCE_MISSING,
-            format!("volume {label:?}: its host directory does not exist; nothing was captured"),
-        )
-    };
-    let (base, rel) = (&h.base, &h.rel);
-    let (Some(parent_rel), Some(name)) = (rel.parent(), rel.file_name()) else {
-        return Err(missing());
-    };
-    let refused = |e: io::Error| {
-        tracing::warn!(volume = %label, path = %h.path.display(), error = %e, "cannot open a volume");
-        if e.raw_os_error() == Some(nix::libc::ENOENT) {
-            missing()
-        } else {
-            Failure::new(
-                failure::PATH_ESCAPES_BASE,
-                format!(
-                    "volume {label:?}: a component of its host path is a symlink or not a directory"
-                ),
-            )
-            .with_cause(e)
-        }
-    };
-    let p = ParentDir::open(base, parent_rel).map_err(refused)?;
-    p.open_dir(name, None).map_err(refused)
 }
 
 /// Step 2: every filesystem must hold what the restore puts on it — the staged volumes
@@ -743,7 +710,7 @@ pub async fn extract(
                 .collect();
             if actual != planned {
                 return refuse(Failure::new(
-                    &format!("{}manifest_mismatch", failure::ARCHIVE_PREFIX),
+                    FailureCode::Archive("manifest_mismatch"),
                     "the archive's manifest differs from the snapshot's recorded manifest",
                 ));
             }
@@ -854,7 +821,7 @@ pub async fn quiesce_and_swap(
     .await?;
     let _ = ctx.set_phase("swapping").await;
     j.state = JournalState::Swapping;
-    write_journal(eng, j).await?;
+    write_journal(&eng.journals, j).await?;
     crash_point!(if undo {
         "undo.journal.swapping"
     } else {
@@ -872,7 +839,7 @@ pub async fn quiesce_and_swap(
     })
     .await?;
     j.state = JournalState::Committed;
-    write_journal(eng, j).await?;
+    write_journal(&eng.journals, j).await?;
     crash_point!(if undo {
         "undo.journal.committed"
     } else {
@@ -957,7 +924,7 @@ pub async fn finish_forward(
             crash_point!("undo.started");
         }
         j.state = JournalState::Redeployed;
-        write_journal(eng, j).await?;
+        write_journal(&eng.journals, j).await?;
         crash_point!("restore.journal.redeployed");
         record_stats(eng, j, downtime).await;
     } else if let Err(f) = eng.docker.start_all_and_wait(&j.containers).await {
@@ -978,7 +945,7 @@ pub async fn finish_forward(
     Ok(match redeploy {
         None => Outcome::Succeeded,
         Some(f) => Outcome::Failed {
-            code: f.code,
+            code: f.code.into(),
             message: format!(
                 "the data was {}, but the workload did not come back: {}; the previous data is kept next to each volume and archived in the background as snapshot {}",
                 if undo { "put back" } else { "restored" },
@@ -1010,7 +977,7 @@ async fn redeploy_containers(eng: &Engine, ids: &[String]) -> Result<(), Failure
 
 async fn record_stats(eng: &Engine, j: &Journal, downtime: Option<Duration>) {
     let bytes = match j.snapshot_id {
-        Some(sid) => match store::snapshot(&eng.pool, sid).await {
+        Some(sid) => match db::snapshots::get(&eng.pool, sid).await {
             Ok(Some(s)) => s
                 .manifest
                 .and_then(|m| serde_json::from_value::<archive::Manifest>(m).ok())
@@ -1032,112 +999,4 @@ async fn record_stats(eng: &Engine, j: &Journal, downtime: Option<Duration>) {
     if let Err(e) = res {
         tracing::warn!(error = %e, "recording restore metrics failed");
     }
-}
-
-/// Write an archive to `<dest>.partial`, fsync it, rename it into place, fsync the dir.
-pub fn write_archive_durably(
-    dest: &Path,
-    workload: WorkloadId,
-    sources: &[archive::SourceVolume],
-    limits: &archive::Limits,
-    level: u32,
-    progress: &Progress,
-) -> Result<archive::Written, Failure> {
-    write_archive_durably_until(
-        dest,
-        workload,
-        sources,
-        limits,
-        level,
-        progress,
-        &AtomicBool::new(false),
-    )
-}
-
-/// [`write_archive_durably`] that fails (leaving no partial file) once `stop` is set.
-pub fn write_archive_durably_until(
-    dest: &Path,
-    workload: WorkloadId,
-    sources: &[archive::SourceVolume],
-    limits: &archive::Limits,
-    level: u32,
-    progress: &Progress,
-    stop: &AtomicBool,
-) -> Result<archive::Written, Failure> {
-    let dir = fsops::parent(dest);
-    if !dir.is_dir() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Failure::io("creating the snapshot directory", e))?;
-        // The new workload directory must survive a crash with the archive in it.
-        fsops::fsync_dir(fsops::parent(dir))
-            .map_err(|e| Failure::io("syncing the snapshot directory", e))?;
-    }
-    let partial = partial_path(dest);
-    fsops::remove_file(&partial).map_err(|e| Failure::io("removing a partial archive", e))?;
-    let out = File::create(&partial).map_err(|e| Failure::io("creating the archive", e))?;
-    let mut w = StopWriter { inner: out, stop };
-    let res = archive::write(&mut w, workload, sources, limits, level, |d, t| {
-        progress.set(d, t)
-    });
-    let written = match res {
-        Ok(w) => w,
-        Err(f) => {
-            let _ = fsops::remove_file(&partial);
-            return Err(f);
-        }
-    };
-    let out = w.inner;
-    out.sync_all()
-        .map_err(|e| Failure::io("syncing the archive", e))?;
-    drop(out);
-    std::fs::rename(&partial, dest).map_err(|e| Failure::io("placing the archive", e))?;
-    fsops::fsync_dir(dir).map_err(|e| Failure::io("syncing the snapshot directory", e))?;
-    Ok(written)
-}
-
-/// A file writer that fails once told to stop (a cancelled background archive).
-struct StopWriter<'a> {
-    inner: File,
-    stop: &'a AtomicBool,
-}
-
-impl io::Write for StopWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.stop.load(Ordering::Relaxed) {
-            return Err(io::Error::other("stopped"));
-        }
-        self.inner.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-pub fn partial_path(dest: &Path) -> PathBuf {
-    let mut s = dest.as_os_str().to_owned();
-    s.push(".partial");
-    PathBuf::from(s)
-}
-
-pub async fn write_journal(eng: &Engine, j: &Journal) -> Result<(), Failure> {
-    let (journals, j) = (eng.journals.clone(), j.clone());
-    blocking(move || {
-        journals
-            .write(&j)
-            .map_err(|e| Failure::io("writing the journal", e))
-    })
-    .await
-}
-
-pub async fn close_journal(eng: &Engine, job: JobId) -> Result<(), Failure> {
-    let journals = eng.journals.clone();
-    blocking(move || {
-        journals
-            .remove(job)
-            .map_err(|e| Failure::io("closing the journal", e))
-    })
-    .await?;
-    crash_point!("journal.closed");
-    Ok(())
 }

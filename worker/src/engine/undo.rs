@@ -20,21 +20,21 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use volsnap_shared::domain::{JobKind, SourceKind};
-use volsnap_shared::failure;
 use volsnap_shared::ids::JobId;
 use volsnap_shared::queue::worker::JobContext;
+use volsnap_shared::{db, failure};
 
 use super::dirs::{self, ParentDir};
 use super::error::{BeforeAnyChange as _, Failure, Stop};
-use super::journal::{Journal, JournalState, Outcome, PlannedVolume};
+use super::journal::{Journal, JournalState, Outcome, PlannedVolume, close_journal, write_journal};
 use super::keep::KeepRecord;
 use super::nodelock::{self, WorkloadLock};
 use super::restore::{
-    close_journal, finish_forward, held, quiesce_and_swap, refuse_pending_journal, reopen_parents,
-    roll_back, run_snapshot, write_journal,
+    finish_forward, held, quiesce_and_swap, refuse_pending_journal, reopen_parents, roll_back,
+    run_snapshot,
 };
 use super::swap::{self, Side};
-use super::{Engine, LockWait, blocking, paths, store, wait_for_node_lock};
+use super::{Engine, LockWait, blocking, paths, wait_for_node_lock};
 use crate::crash_point;
 
 use failure::UNDO_UNAVAILABLE;
@@ -42,7 +42,7 @@ use failure::UNDO_UNAVAILABLE;
 #[tracing::instrument(skip_all, fields(job_id = %ctx.id()))]
 pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
     ctx.set_phase("preflight").await.before_any_change()?;
-    let source = store::job_source(&eng.pool, ctx.id())
+    let source = db::jobs::source_of(&eng.pool, ctx.id())
         .await
         .before_any_change()?
         .ok_or_else(|| Failure::new(UNDO_UNAVAILABLE, "the undo names no job to revert"))?;
@@ -61,7 +61,7 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
     }
     let sid = match ctx.job.snapshot_id {
         Some(sid) => Some(sid),
-        None => store::pre_restore_of(&eng.pool, source)
+        None => db::jobs::pre_restore_of(&eng.pool, source)
             .await
             .before_any_change()?,
     };
@@ -116,7 +116,7 @@ async fn preflight(
     ctx: &JobContext,
     rec: &KeepRecord,
 ) -> Result<(Vec<PlannedVolume>, Vec<Arc<ParentDir>>, u64), Failure> {
-    let workload = store::workload(&eng.pool, ctx.job.workload_id)
+    let workload = db::workloads::get(&eng.pool, ctx.job.workload_id)
         .await?
         .ok_or_else(|| {
             Failure::new(failure::WORKLOAD_NOT_FOUND, "the workload no longer exists")
@@ -226,7 +226,7 @@ async fn by_directory(eng: &Engine, ctx: &JobContext, rec: KeepRecord) -> Result
         undoes: Some(rec.job_id),
         kept_bytes,
     };
-    write_journal(eng, &j).await?;
+    write_journal(&eng.journals, &j).await?;
     crash_point!("undo.journal.quiescing");
     let down = Instant::now();
     if let Err(f) = quiesce_and_swap(eng, ctx, &mut j, &parents).await {
@@ -237,7 +237,7 @@ async fn by_directory(eng: &Engine, ctx: &JobContext, rec: KeepRecord) -> Result
         let _ = ctx.set_phase("rolling back").await;
         return match roll_back(eng, &mut j, &parents).await {
             Ok(()) => {
-                close_journal(eng, ctx.id()).await?;
+                close_journal(&eng.journals, ctx.id()).await?;
                 Err(f.into())
             }
             Err(rb) => Err(Stop::NeedsRecovery(rb)),
@@ -245,7 +245,7 @@ async fn by_directory(eng: &Engine, ctx: &JobContext, rec: KeepRecord) -> Result
     }
     match finish_forward(eng, Some(ctx), &mut j, &parents, Some(down)).await {
         Ok(outcome) => {
-            close_journal(eng, ctx.id()).await?;
+            close_journal(&eng.journals, ctx.id()).await?;
             Ok(outcome)
         }
         Err(f) if ctx.lease_lost.is_cancelled() => {

@@ -150,7 +150,7 @@ pub fn outcome(finished: Outcome, verified: Option<Failure>) -> Outcome {
     };
     match finished {
         Outcome::Succeeded => Outcome::Failed {
-            code: f.code,
+            code: f.code.into(),
             message: f.message,
         },
         Outcome::Failed { code, message } => Outcome::Failed {
