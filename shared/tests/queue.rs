@@ -8,8 +8,10 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use volsnap_shared::domain::JobState;
 use volsnap_shared::ids::{BatchId, JobId, WorkloadId};
-use volsnap_shared::queue::worker::{JobContext, JobHandler, JobOutcome, WorkerConfig, run};
-use volsnap_shared::queue::{self, CancelOutcome, EnqueueError, JobEvents, NewBatch};
+use volsnap_shared::queue::{
+    self, CancelOutcome, EnqueueError, JobContext, JobEvents, JobHandler, JobOutcome, NewBatch,
+    WorkerConfig, run,
+};
 
 mod support;
 use support::{enqueue, new_job, wait_until, workload};

@@ -9,14 +9,103 @@
 //!   already holds is answered "busy" here, never asked of the server;
 //! - if the connection fails, every lock it held is gone: each holder's `lease_lost`
 //!   token is cancelled (the job must stop touching anything), then the task reconnects.
+//!
+//! A caller that needs one workload's lock outside a job run (the orphan check, the
+//! engine's start-up recovery) takes it with [`try_workload_lock`]: a guard on a
+//! connection of its own, released by [`WorkloadLock::unlock`] or, if dropped, by
+//! closing that connection. Both paths use the same two statements
+//! ([`TRY_LOCK_SQL`], [`UNLOCK_SQL`]), so the lock protocol is written once.
 
 use std::collections::HashMap;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::ADVISORY_LOCK_CLASS;
+use crate::ids::WorkloadId;
+
+/// The advisory-lock class id (first int of the two-int form): "vols".
+pub const ADVISORY_LOCK_CLASS: i32 = 0x766f_6c73;
+
+/// The second int of the advisory lock for a workload: all 128 bits folded into 32.
+/// Two workloads may share a key; that only serialises them needlessly.
+pub fn workload_lock_key(id: WorkloadId) -> i32 {
+    let v = id.0.as_u128();
+    let folded = (v as u32) ^ ((v >> 32) as u32) ^ ((v >> 64) as u32) ^ ((v >> 96) as u32);
+    folded as i32
+}
+
+/// Try each key of `$2` (class `$1`); one row `(key, granted)` per key.
+const TRY_LOCK_SQL: &str = "SELECT k, pg_try_advisory_lock($1, k) FROM unnest($2::int[]) k";
+/// Release each key of `$2` (class `$1`); one row `(key, released)` per key.
+const UNLOCK_SQL: &str = "SELECT k, pg_advisory_unlock($1, k) FROM unnest($2::int[]) k";
+
+/// A workload's advisory lock, held by this guard's own session. Release it with
+/// [`WorkloadLock::unlock`]; a guard dropped without that closes its connection (a
+/// session lock dies with its session), so the lock never goes back to the pool.
+pub struct WorkloadLock {
+    conn: Option<PoolConnection<Postgres>>,
+    key: i32,
+}
+
+/// Take `workload`'s advisory lock on a connection of the pool, without waiting.
+/// `Ok(None)`: someone (another process, or another session of this one) holds it.
+pub async fn try_workload_lock(
+    pool: &PgPool,
+    workload: WorkloadId,
+) -> Result<Option<WorkloadLock>, sqlx::Error> {
+    let key = workload_lock_key(workload);
+    let mut conn = pool.acquire().await?;
+    match sqlx::query_as::<_, (i32, bool)>(TRY_LOCK_SQL)
+        .bind(ADVISORY_LOCK_CLASS)
+        .bind([key].as_slice())
+        .fetch_one(&mut *conn)
+        .await
+    {
+        Ok((_, true)) => Ok(Some(WorkloadLock {
+            conn: Some(conn),
+            key,
+        })),
+        Ok((_, false)) => Ok(None),
+        Err(e) => {
+            // The lock may have been taken with the answer lost: never pool this session.
+            conn.close_on_drop();
+            Err(e)
+        }
+    }
+}
+
+impl WorkloadLock {
+    /// The session that holds the lock, for statements that must run under it.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        self.conn.as_mut().expect("held until unlock or drop")
+    }
+
+    /// Release the lock. If the server does not confirm, the connection is closed
+    /// instead of going back to the pool (which releases the lock all the same).
+    pub async fn unlock(mut self) -> Result<(), sqlx::Error> {
+        let mut conn = self.conn.take().expect("held until unlock or drop");
+        let released = sqlx::query_as::<_, (i32, bool)>(UNLOCK_SQL)
+            .bind(ADVISORY_LOCK_CLASS)
+            .bind([self.key].as_slice())
+            .fetch_one(&mut *conn)
+            .await;
+        if !matches!(released, Ok((_, true))) {
+            conn.close_on_drop();
+        }
+        released.map(|_| ())
+    }
+}
+
+impl Drop for WorkloadLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            // Not released: end the session rather than pool a connection holding it.
+            conn.close_on_drop();
+        }
+    }
+}
 
 type LockReply = oneshot::Sender<Result<bool, LockError>>;
 type UnlockReply = oneshot::Sender<Result<(), LockError>>;
@@ -168,7 +257,7 @@ async fn run_batch(
             .filter(|k| held.contains_key(k))
             .collect();
         if !keys.is_empty() {
-            sqlx::query("SELECT pg_advisory_unlock($1, k) FROM unnest($2::int[]) k")
+            sqlx::query(UNLOCK_SQL)
                 .bind(ADVISORY_LOCK_CLASS)
                 .bind(&keys)
                 .execute(&mut *c)
@@ -190,7 +279,7 @@ async fn run_batch(
         let got: Vec<(i32, bool)> = if ask.is_empty() {
             vec![]
         } else {
-            sqlx::query_as("SELECT k, pg_try_advisory_lock($1, k) FROM unnest($2::int[]) k")
+            sqlx::query_as(TRY_LOCK_SQL)
                 .bind(ADVISORY_LOCK_CLASS)
                 .bind(&ask)
                 .fetch_all(&mut *c)

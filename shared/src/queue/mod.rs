@@ -4,38 +4,55 @@
 //!   together; a single-flight conflict is a typed error naming the active job and does
 //!   not abort the caller's transaction.
 //! - Workers claim with one `UPDATE … FOR UPDATE SKIP LOCKED` statement filtered by node
-//!   (see [`worker`]), then hold the workload's advisory lock on a dedicated connection.
+//!   (`claim.rs`), then hold the workload's advisory lock on a dedicated connection
+//!   (`locks.rs`; [`try_workload_lock`] for a lock outside a job run).
 //! - Every update a worker makes is fenced on `(id, attempt, state = 'running')`: a
 //!   worker that lost its lease cannot overwrite the job.
 //! - A job whose heartbeat expired is never re-run blindly: [`rescue_expired`] puts it
 //!   back on its node as `queued` + `recovering`.
 //!
+//! The runner, [`run`], is in River's parts, one concern a file: `producer.rs` (the run
+//! loop and its slots), `claim.rs`, `executor.rs` (one job from lock to unlock),
+//! `completer.rs` (outcomes, batched), `heartbeat.rs`, `maintenance.rs` and
+//! `rescuer.rs`, `locks.rs`; what a handler sees is in `job.rs`, the settings in
+//! `config.rs`.
+//!
 //! The state diagram is in `docs/queue.md`.
 
+mod claim;
+mod completer;
+mod config;
 pub mod events;
+mod executor;
+mod heartbeat;
+mod job;
 mod locks;
+mod maintenance;
+mod producer;
+mod rescuer;
 pub mod stats;
-pub mod worker;
 
-use std::time::Duration;
+/// The former home of the runner's types, kept so other crates compile unchanged
+/// while their imports move to `volsnap_shared::queue::`.
+#[doc(hidden)]
+pub mod worker {
+    pub use super::config::{RetryPolicy, WorkerConfig, WorkerStatus, min_pool_size};
+    pub use super::job::{JobContext, JobHandler, JobOutcome, PointOfNoReturnError};
+    pub use super::producer::run;
+}
 
 use sqlx::{PgConnection, PgPool};
 
 use crate::domain::{Job, JobKind, JobState};
 use crate::ids::{BatchId, JobId, SnapshotId, WorkloadId};
 
+pub use config::{RetryPolicy, WorkerConfig, WorkerStatus, min_pool_size};
 pub use events::JobEvents;
-
-/// The advisory-lock class id (first int of the two-int form): "vols".
-pub const ADVISORY_LOCK_CLASS: i32 = 0x766f_6c73;
-
-/// The second int of the advisory lock for a workload: all 128 bits folded into 32.
-/// Two workloads may share a key; that only serialises them needlessly.
-pub fn workload_lock_key(id: WorkloadId) -> i32 {
-    let v = id.0.as_u128();
-    let folded = (v as u32) ^ ((v >> 32) as u32) ^ ((v >> 64) as u32) ^ ((v >> 96) as u32);
-    folded as i32
-}
+pub use job::{JobContext, JobHandler, JobOutcome, PointOfNoReturnError};
+pub use locks::{ADVISORY_LOCK_CLASS, WorkloadLock, try_workload_lock, workload_lock_key};
+pub use maintenance::prune_finished;
+pub use producer::run;
+pub use rescuer::rescue_expired;
 
 /// A job to put on the queue.
 #[derive(Debug, Clone)]
@@ -242,61 +259,4 @@ pub async fn cancel(pool: &PgPool, id: JobId) -> Result<CancelOutcome, sqlx::Err
         Some(j) if j.state == JobState::Running => CancelOutcome::TooLate(j),
         Some(j) => CancelOutcome::Requested(j),
     })
-}
-
-/// Return running jobs whose heartbeat is older than `lease` to their node as
-/// `queued` + `recovering` (a `plan` or a pre-restore archive, which change no live
-/// data and are idempotent, as plainly `queued`: they are simply run again). The attempt is not changed here; the next claim bumps it,
-/// which fences the stale owner.
-pub async fn rescue_expired(pool: &PgPool, lease: Duration) -> Result<Vec<JobId>, sqlx::Error> {
-    let ids: Vec<JobId> = sqlx::query_scalar(concat!(
-        // Locks in id order, as the heartbeat and the completer do.
-        "WITH locked AS MATERIALIZED (SELECT id FROM jobs \
-           WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => $1) \
-           ORDER BY id FOR UPDATE) \
-         UPDATE jobs SET state = 'queued', recovering = (",
-        crate::changes_workload_sql!(),
-        "), worker_id = NULL, \
-         phase = CASE WHEN ",
-        crate::changes_workload_sql!(),
-        " THEN 'awaiting recovery' ELSE 'queued' END FROM locked \
-         WHERE jobs.id = locked.id AND state = 'running' \
-           AND heartbeat_at < now() - make_interval(secs => $1) \
-         RETURNING jobs.id",
-    ))
-    .bind(lease.as_secs_f64())
-    .fetch_all(pool)
-    .await?;
-    if !ids.is_empty() {
-        tracing::warn!(count = ids.len(), jobs = ?ids, "rescued jobs with expired heartbeats; they will run recovery");
-    }
-    Ok(ids)
-}
-
-/// Delete finished jobs (and empty batches) older than `older_than`. Counters that
-/// alerting needs are kept in `job_outcome_stats`, so pruning never resets a metric.
-pub async fn prune_finished(pool: &PgPool, older_than: Duration) -> Result<u64, sqlx::Error> {
-    let mut total = 0;
-    loop {
-        let n = sqlx::query(
-            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE finished_at IS NOT NULL \
-             AND finished_at < now() - make_interval(secs => $1) LIMIT 1000)",
-        )
-        .bind(older_than.as_secs_f64())
-        .execute(pool)
-        .await?
-        .rows_affected();
-        total += n;
-        if n < 1000 {
-            break;
-        }
-    }
-    sqlx::query(
-        "DELETE FROM batches b WHERE created_at < now() - make_interval(secs => $1) \
-         AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id)",
-    )
-    .bind(older_than.as_secs_f64())
-    .execute(pool)
-    .await?;
-    Ok(total)
 }

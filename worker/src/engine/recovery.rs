@@ -11,8 +11,8 @@
 
 use volsnap_shared::domain::{JobKind, SnapshotState};
 use volsnap_shared::ids::JobId;
+use volsnap_shared::queue;
 use volsnap_shared::queue::worker::JobContext;
-use volsnap_shared::queue::{ADVISORY_LOCK_CLASS, workload_lock_key};
 use volsnap_shared::{db, failure};
 
 use super::archive::partial_path;
@@ -228,17 +228,10 @@ async fn recover_at_startup(eng: &Engine, id: JobId) -> anyhow::Result<()> {
         tracing::info!(job_id = %id, "workload busy in another process on this node; leaving its journal alone");
         return Ok(());
     };
-    let mut conn = eng.pool.acquire().await?;
-    let key = workload_lock_key(j.workload_id);
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-        .bind(ADVISORY_LOCK_CLASS)
-        .bind(key)
-        .fetch_one(&mut *conn)
-        .await?;
-    if !locked {
+    let Some(lock) = queue::try_workload_lock(&eng.pool, j.workload_id).await? else {
         tracing::info!(job_id = %id, "workload locked by a live worker; leaving its journal alone");
         return Ok(());
-    }
+    };
     let res = async {
         let outcome = recover_journal(eng, None, &mut j).await?;
         let state = db::jobs::state(&eng.pool, id).await?;
@@ -248,14 +241,8 @@ async fn recover_at_startup(eng: &Engine, id: JobId) -> anyhow::Result<()> {
         Ok::<_, Failure>(outcome)
     }
     .await;
-    let unlocked: Result<bool, _> = sqlx::query_scalar("SELECT pg_advisory_unlock($1, $2)")
-        .bind(ADVISORY_LOCK_CLASS)
-        .bind(key)
-        .fetch_one(&mut *conn)
-        .await;
-    if !matches!(unlocked, Ok(true)) {
-        conn.detach();
-    }
+    // An unlock that fails closes the lock's connection, which releases it.
+    let _ = lock.unlock().await;
     let outcome = res?;
     tracing::info!(job_id = %id, ?outcome, kind = ?j.kind, "journal recovered at start-up");
     Ok(())
