@@ -82,6 +82,7 @@ async fn preflight(
     ctx: &JobContext,
     rec: &KeepRecord,
 ) -> Result<(Vec<PlannedVolume>, Vec<Arc<ParentDir>>, u64), Failure> {
+    let _step = super::steps::Step::Preflight.start();
     let workload = store::workload(&eng.pool, ctx.job.workload_id)
         .await?
         .ok_or_else(|| {
