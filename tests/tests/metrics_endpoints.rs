@@ -184,6 +184,19 @@ async fn a_restore_shows_every_step_and_both_outputs_pass_promtool(
             );
         }
     }
+    // Where this restore's time went (printed for the record).
+    let took: Vec<String> = STEPS
+        .iter()
+        .map(|step| {
+            let sum = value(
+                &text,
+                &format!("volsnap_restore_step_seconds_sum{{step=\"{step}\"}}"),
+            )
+            .unwrap_or(f64::NAN);
+            format!("{step} {:.1} ms", sum * 1000.0)
+        })
+        .collect();
+    eprintln!("restore steps: {}", took.join(", "));
     // The process metrics keep their names, labels and types.
     let node = &env.node;
     for (series, ty) in [
