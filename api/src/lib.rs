@@ -115,28 +115,33 @@ impl AppState {
         })
     }
 
-    /// This process's `?wait=` gauges and counters, in the Prometheus text format.
-    pub fn waiter_metrics(&self) -> String {
+    /// Set this process's `?wait=` gauges and counters in the current recorder (the
+    /// `/metrics` handler renders them with the fleet-wide values).
+    pub fn record_waiter_metrics(&self) {
+        use metrics::{counter, describe_counter, describe_gauge, gauge};
         use std::sync::atomic::Ordering::Relaxed;
         let st = self.events.stats();
-        format!(
-            "# HELP volsnap_api_waiters Requests held by ?wait= in this API process.\n\
-             # TYPE volsnap_api_waiters gauge\n\
-             volsnap_api_waiters {}\n\
-             # HELP volsnap_api_waiter_limit The most ?wait= requests held at once.\n\
-             # TYPE volsnap_api_waiter_limit gauge\n\
-             volsnap_api_waiter_limit {}\n\
-             # HELP volsnap_api_wait_shared_checks_total Missed-notification checks run (one query each).\n\
-             # TYPE volsnap_api_wait_shared_checks_total counter\n\
-             volsnap_api_wait_shared_checks_total {}\n\
-             # HELP volsnap_api_wait_rereads_total Job re-reads by waiters after a notification named their job.\n\
-             # TYPE volsnap_api_wait_rereads_total counter\n\
-             volsnap_api_wait_rereads_total {}\n",
-            self.limits.max_waiters - self.waiters.available_permits(),
-            self.limits.max_waiters,
-            st.shared_checks.load(Relaxed),
-            st.rereads.load(Relaxed),
-        )
+        describe_gauge!(
+            "volsnap_api_waiters",
+            "Requests held by ?wait= in this API process."
+        );
+        gauge!("volsnap_api_waiters")
+            .set((self.limits.max_waiters - self.waiters.available_permits()) as f64);
+        describe_gauge!(
+            "volsnap_api_waiter_limit",
+            "The most ?wait= requests held at once."
+        );
+        gauge!("volsnap_api_waiter_limit").set(self.limits.max_waiters as f64);
+        describe_counter!(
+            "volsnap_api_wait_shared_checks_total",
+            "Missed-notification checks run (one query each)."
+        );
+        counter!("volsnap_api_wait_shared_checks_total").absolute(st.shared_checks.load(Relaxed));
+        describe_counter!(
+            "volsnap_api_wait_rereads_total",
+            "Job re-reads by waiters after a notification named their job."
+        );
+        counter!("volsnap_api_wait_rereads_total").absolute(st.rereads.load(Relaxed));
     }
 
     /// Take a place among the held `?wait=` requests, or 503 `too_many_waiters` (with
@@ -177,27 +182,31 @@ impl AppState {
 /// `volsnap_restore_failures_recent{workload,workload_id,node}`: restores of each
 /// workload that failed in the last 10 minutes (only workloads with one; at most 100),
 /// so an alert can name the workload.
-pub async fn recent_restore_failures(pool: &PgPool) -> Result<String, sqlx::Error> {
-    use std::fmt::Write as _;
+pub async fn recent_restore_failures(pool: &PgPool) -> Result<RecentRestoreFailures, sqlx::Error> {
     let rows = volsnap_shared::db::jobs::recent_restore_failures(pool).await?;
-    let esc = |v: &str| {
-        v.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-    };
-    let mut out = String::from(
-        "# HELP volsnap_restore_failures_recent Restores of a workload that failed in the last 10 minutes.\n\
-         # TYPE volsnap_restore_failures_recent gauge\n",
-    );
-    for (workload, id, node, n) in rows {
-        let _ = writeln!(
-            out,
-            "volsnap_restore_failures_recent{{workload=\"{}\",workload_id=\"{id}\",node=\"{}\"}} {n}",
-            esc(&workload),
-            esc(&node)
+    Ok(RecentRestoreFailures(rows))
+}
+
+/// The rows of `volsnap_restore_failures_recent`: (workload, workload id, node, count).
+pub struct RecentRestoreFailures(Vec<(String, uuid::Uuid, String, i64)>);
+
+impl RecentRestoreFailures {
+    /// Set the gauge's series in the current recorder (one per workload and node).
+    pub fn record(&self) {
+        metrics::describe_gauge!(
+            "volsnap_restore_failures_recent",
+            "Restores of a workload that failed in the last 10 minutes."
         );
+        for (workload, id, node, n) in &self.0 {
+            metrics::gauge!(
+                "volsnap_restore_failures_recent",
+                "workload" => workload.clone(),
+                "workload_id" => id.to_string(),
+                "node" => node.clone()
+            )
+            .set(*n as f64);
+        }
     }
-    Ok(out)
 }
 
 /// The `/api` routes with their OpenAPI description (auth not yet applied).

@@ -69,9 +69,14 @@ async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Status>, Err
         (status = 500, description = "database error", body = crate::error::ErrorBody),
     ))]
 async fn metrics(State(state): State<AppState>) -> Result<Response, Error> {
-    let mut body = queue::stats::render_prometheus(&state.pool).await?;
-    body.push_str(&state.waiter_metrics());
-    body.push_str(&crate::recent_restore_failures(&state.pool).await?);
+    let fleet = queue::stats::FleetStats::read(&state.pool).await?;
+    let failures = crate::recent_restore_failures(&state.pool).await?;
+    let mut body = queue::stats::render_with(|| {
+        fleet.record();
+        state.record_waiter_metrics();
+        failures.record();
+    });
+    fleet.write_histograms(&mut body);
     Ok((
         [(
             header::CONTENT_TYPE,

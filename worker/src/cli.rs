@@ -72,10 +72,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     if let Some(addr) = args.metrics_addr {
+        let recorded = crate::metrics::install()?;
         let bound = crate::metrics::serve(
             addr,
             queue_cfg.node.clone(),
             queue_cfg.status.clone(),
+            recorded,
             shutdown.clone(),
         )
         .await

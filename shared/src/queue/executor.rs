@@ -59,7 +59,7 @@ pub(super) async fn run_one<H: JobHandler>(
                 tracing::warn!(job_id = %id, error = %e, "taking the workload lock failed; job queued again");
                 let mut conn = pool.acquire().await?;
                 let outcome = JobOutcome::retry(
-                    crate::failure::DATABASE_UNAVAILABLE.as_str(),
+                    &crate::failure::DATABASE_UNAVAILABLE.as_str(),
                     "the workload lock could not be taken (database connection lost)",
                 );
                 apply_outcome(&mut conn, id, attempt, &outcome, retry).await?;

@@ -2,10 +2,15 @@
 //!
 //! Counters and histograms live in Postgres (`job_outcome_stats`, `restore_stats`),
 //! updated in the same transaction that finishes a job, so they survive both pruning
-//! of old jobs and restarts of any process; `/metrics` on the API renders them.
+//! of old jobs and restarts of any process; `/metrics` on the API renders them through
+//! the `metrics` facade (absolute values set on a recorder made for each scrape).
 
-use std::fmt::Write as _;
-
+use indexmap::IndexMap;
+use metrics::{Key, counter, describe_counter, describe_gauge, gauge};
+use metrics_exporter_prometheus::formatting::{
+    write_help_line, write_metric_line, write_type_line,
+};
+use metrics_exporter_prometheus::{LabelSet, PrometheusBuilder};
 use sqlx::{PgConnection, PgPool};
 
 use crate::domain::{Job, JobKind, JobState};
@@ -111,136 +116,215 @@ pub async fn record_restore(
     Ok(())
 }
 
+/// Render what `record` puts into a fresh recorder of its own (not the global one), in
+/// the Prometheus text format. Database-derived values are snapshots: a recorder per
+/// scrape holds exactly the series the database has now, so a series that went away
+/// (a node no longer heartbeating, a failure older than its window) is gone from the
+/// output instead of lingering at its last value.
+pub fn render_with(record: impl FnOnce()) -> String {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    metrics::with_local_recorder(&recorder, record);
+    recorder.handle().render()
+}
+
+/// One `(kind, outcome)` row of `job_outcome_stats`, summed over its shards.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct OutcomeRow {
+    kind: JobKind,
+    outcome: JobState,
+    finished: i64,
+    duration_sum: f64,
+    duration_buckets: Vec<i64>,
+}
+
+/// The fleet-wide metrics as the database holds them now: the durable counters and
+/// histograms (`job_outcome_stats`, `restore_stats`, which survive pruning and
+/// restarts), the jobs table's states and the newest heartbeat per node.
+#[derive(Debug, Clone)]
+pub struct FleetStats {
+    outcomes: Vec<OutcomeRow>,
+    states: Vec<(JobKind, JobState, i64)>,
+    restore_bytes: i64,
+    downtime_sum: f64,
+    downtime_buckets: Vec<i64>,
+    heartbeats: Vec<(String, f64)>,
+}
+
+impl FleetStats {
+    /// Read every fleet-wide value (a few short statements, no transaction).
+    pub async fn read(pool: &PgPool) -> Result<Self, sqlx::Error> {
+        let outcomes: Vec<OutcomeRow> = sqlx::query_as(
+            "SELECT kind, outcome, sum(finished)::int8 AS finished, sum(duration_sum)::float8 AS duration_sum, \
+               array(SELECT sum(b)::int8 FROM job_outcome_stats s2, unnest(s2.duration_buckets) WITH ORDINALITY AS u(b, i) \
+                     WHERE s2.kind = s.kind AND s2.outcome = s.outcome GROUP BY i ORDER BY i) AS duration_buckets \
+             FROM job_outcome_stats s GROUP BY kind, outcome ORDER BY kind, outcome",
+        )
+        .fetch_all(pool)
+        .await?;
+        let states: Vec<(JobKind, JobState, i64)> =
+            sqlx::query_as("SELECT kind, state, count(*) FROM jobs GROUP BY kind, state")
+                .fetch_all(pool)
+                .await?;
+        let restore: Option<(i64, f64, Vec<i64>)> = sqlx::query_as(
+            "SELECT bytes_total, downtime_sum, downtime_buckets FROM restore_stats WHERE id = 1",
+        )
+        .fetch_optional(pool)
+        .await?;
+        let (restore_bytes, downtime_sum, downtime_buckets) =
+            restore.unwrap_or((0, 0.0, vec![0; DOWNTIME_BUCKETS.len() + 1]));
+        let heartbeats: Vec<(String, f64)> = sqlx::query_as(
+            "SELECT node, extract(epoch FROM max(heartbeat_at))::float8 FROM workers GROUP BY node ORDER BY node",
+        )
+        .fetch_all(pool)
+        .await?;
+        Ok(FleetStats {
+            outcomes,
+            states,
+            restore_bytes,
+            downtime_sum,
+            downtime_buckets,
+            heartbeats,
+        })
+    }
+
+    /// Set the counters and gauges, as absolute values, in the current recorder (see
+    /// [`render_with`]). Every `(kind, outcome)` and `(kind, state)` series is set, zero
+    /// when never seen, so alert expressions have a baseline.
+    pub fn record(&self) {
+        describe_counter!(
+            "volsnap_jobs_finished_total",
+            "Jobs that reached a final state."
+        );
+        for kind in JobKind::ALL {
+            for outcome in [JobState::Succeeded, JobState::Failed, JobState::Cancelled] {
+                let n = self
+                    .outcomes
+                    .iter()
+                    .find(|r| r.kind == *kind && r.outcome == outcome)
+                    .map_or(0, |r| r.finished);
+                counter!("volsnap_jobs_finished_total", "kind" => kind.as_str(), "outcome" => outcome.as_str())
+                    .absolute(non_negative(n));
+            }
+        }
+        describe_gauge!(
+            "volsnap_jobs",
+            "Jobs currently in the table, by kind and state."
+        );
+        for kind in JobKind::ALL {
+            for state in JobState::ALL {
+                let n = self
+                    .states
+                    .iter()
+                    .find(|r| r.0 == *kind && r.1 == *state)
+                    .map_or(0, |r| r.2);
+                gauge!("volsnap_jobs", "kind" => kind.as_str(), "state" => state.as_str())
+                    .set(n as f64);
+            }
+        }
+        describe_counter!(
+            "volsnap_restore_bytes_total",
+            "Bytes written into volumes by restores."
+        );
+        counter!("volsnap_restore_bytes_total").absolute(non_negative(self.restore_bytes));
+        describe_gauge!(
+            "volsnap_worker_last_heartbeat_timestamp_seconds",
+            "Newest heartbeat of any worker of a node."
+        );
+        for (node, ts) in &self.heartbeats {
+            gauge!("volsnap_worker_last_heartbeat_timestamp_seconds", "node" => node.clone())
+                .set(*ts);
+        }
+    }
+
+    /// The two histograms whose buckets are counted in the database. A recorder only
+    /// learns a histogram from observations, and these are durable bucket counts and
+    /// sums, so they are written with the exporter's own formatting functions (the same
+    /// escaping and layout as everything else it renders).
+    pub fn write_histograms(&self, out: &mut String) {
+        let name = "volsnap_job_duration_seconds";
+        write_help_line(out, name, None, None, "Time from a job's start to its end.");
+        write_type_line(out, name, None, None, "histogram");
+        for r in &self.outcomes {
+            write_histogram(
+                out,
+                name,
+                &[("kind", r.kind.as_str()), ("outcome", r.outcome.as_str())],
+                JOB_DURATION_BUCKETS,
+                &r.duration_buckets,
+                r.duration_sum,
+            );
+        }
+        out.push('\n');
+        let name = "volsnap_restore_downtime_seconds";
+        write_help_line(
+            out,
+            name,
+            None,
+            None,
+            "Time a restore kept the workload's containers stopped.",
+        );
+        write_type_line(out, name, None, None, "histogram");
+        write_histogram(
+            out,
+            name,
+            &[],
+            DOWNTIME_BUCKETS,
+            &self.downtime_buckets,
+            self.downtime_sum,
+        );
+        out.push('\n');
+    }
+}
+
+fn non_negative(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// One histogram series from per-bucket (not cumulative) counts; `buckets` has one
+/// slot more than `bounds`, the overflow.
 fn write_histogram(
     out: &mut String,
     name: &str,
-    labels: &str,
+    labels: &[(&'static str, &'static str)],
     bounds: &[f64],
     buckets: &[i64],
     sum: f64,
 ) {
-    let sep = if labels.is_empty() { "" } else { "," };
+    let key = Key::from_parts(name.to_owned(), labels);
+    let labels = LabelSet::from_key_and_global(&key, &IndexMap::new());
     let mut cumulative = 0i64;
     for (i, le) in bounds.iter().enumerate() {
         cumulative += buckets.get(i).copied().unwrap_or(0);
-        let _ = writeln!(
+        write_metric_line(
             out,
-            "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            name,
+            Some("bucket"),
+            &labels,
+            Some(("le", le)),
+            cumulative,
+            None,
         );
     }
     cumulative += buckets.get(bounds.len()).copied().unwrap_or(0);
-    let _ = writeln!(
+    write_metric_line(
         out,
-        "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+        name,
+        Some("bucket"),
+        &labels,
+        Some(("le", "+Inf")),
+        cumulative,
+        None,
     );
-    let braces = if labels.is_empty() {
-        String::new()
-    } else {
-        format!("{{{labels}}}")
-    };
-    let _ = writeln!(out, "{name}_sum{braces} {sum}");
-    let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+    write_metric_line::<&str, f64>(out, name, Some("sum"), &labels, None, sum, None);
+    write_metric_line::<&str, i64>(out, name, Some("count"), &labels, None, cumulative, None);
 }
 
-/// The whole `/metrics` body (Prometheus text format 0.0.4).
+/// The whole fleet-wide `/metrics` body (Prometheus text format 0.0.4), as the API
+/// serves it without its own process metrics.
 pub async fn render_prometheus(pool: &PgPool) -> Result<String, sqlx::Error> {
-    let mut out = String::with_capacity(4096);
-
-    let outcomes: Vec<(JobKind, JobState, i64, f64, Vec<i64>)> = sqlx::query_as(
-        "SELECT kind, outcome, sum(finished)::int8, sum(duration_sum)::float8, \
-           array(SELECT sum(b)::int8 FROM job_outcome_stats s2, unnest(s2.duration_buckets) WITH ORDINALITY AS u(b, i) \
-                 WHERE s2.kind = s.kind AND s2.outcome = s.outcome GROUP BY i ORDER BY i) \
-         FROM job_outcome_stats s GROUP BY kind, outcome ORDER BY kind, outcome",
-    )
-    .fetch_all(pool)
-    .await?;
-    out.push_str("# HELP volsnap_jobs_finished_total Jobs that reached a final state.\n");
-    out.push_str("# TYPE volsnap_jobs_finished_total counter\n");
-    // Emit every series (zero when never seen) so alert expressions have a baseline.
-    for kind in JobKind::ALL {
-        for outcome in [JobState::Succeeded, JobState::Failed, JobState::Cancelled] {
-            let n = outcomes
-                .iter()
-                .find(|r| r.0 == *kind && r.1 == outcome)
-                .map_or(0, |r| r.2);
-            let _ = writeln!(
-                out,
-                "volsnap_jobs_finished_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
-            );
-        }
-    }
-    out.push_str("# HELP volsnap_job_duration_seconds Time from a job's start to its end.\n");
-    out.push_str("# TYPE volsnap_job_duration_seconds histogram\n");
-    for (kind, outcome, _, sum, buckets) in &outcomes {
-        let labels = format!("kind=\"{kind}\",outcome=\"{outcome}\"");
-        write_histogram(
-            &mut out,
-            "volsnap_job_duration_seconds",
-            &labels,
-            JOB_DURATION_BUCKETS,
-            buckets,
-            *sum,
-        );
-    }
-
-    let states: Vec<(JobKind, JobState, i64)> =
-        sqlx::query_as("SELECT kind, state, count(*) FROM jobs GROUP BY kind, state")
-            .fetch_all(pool)
-            .await?;
-    out.push_str("# HELP volsnap_jobs Jobs currently in the table, by kind and state.\n");
-    out.push_str("# TYPE volsnap_jobs gauge\n");
-    for kind in JobKind::ALL {
-        for state in JobState::ALL {
-            let n = states
-                .iter()
-                .find(|r| r.0 == *kind && r.1 == *state)
-                .map_or(0, |r| r.2);
-            let _ = writeln!(out, "volsnap_jobs{{kind=\"{kind}\",state=\"{state}\"}} {n}");
-        }
-    }
-
-    let restore: Option<(i64, i64, f64, Vec<i64>)> = sqlx::query_as(
-        "SELECT bytes_total, downtime_count, downtime_sum, downtime_buckets FROM restore_stats WHERE id = 1",
-    )
-    .fetch_optional(pool)
-    .await?;
-    let (bytes, _, dsum, dbuckets) =
-        restore.unwrap_or((0, 0, 0.0, vec![0; DOWNTIME_BUCKETS.len() + 1]));
-    out.push_str(
-        "# HELP volsnap_restore_downtime_seconds Time a restore kept the workload's containers stopped.\n",
-    );
-    out.push_str("# TYPE volsnap_restore_downtime_seconds histogram\n");
-    write_histogram(
-        &mut out,
-        "volsnap_restore_downtime_seconds",
-        "",
-        DOWNTIME_BUCKETS,
-        &dbuckets,
-        dsum,
-    );
-    out.push_str("# HELP volsnap_restore_bytes_total Bytes written into volumes by restores.\n");
-    out.push_str("# TYPE volsnap_restore_bytes_total counter\n");
-    let _ = writeln!(out, "volsnap_restore_bytes_total {bytes}");
-
-    let nodes: Vec<(String, f64)> = sqlx::query_as(
-        "SELECT node, extract(epoch FROM max(heartbeat_at))::float8 FROM workers GROUP BY node ORDER BY node",
-    )
-    .fetch_all(pool)
-    .await?;
-    out.push_str(
-        "# HELP volsnap_worker_last_heartbeat_timestamp_seconds Newest heartbeat of any worker of a node.\n",
-    );
-    out.push_str("# TYPE volsnap_worker_last_heartbeat_timestamp_seconds gauge\n");
-    for (node, ts) in nodes {
-        let node = node
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n");
-        let _ = writeln!(
-            out,
-            "volsnap_worker_last_heartbeat_timestamp_seconds{{node=\"{node}\"}} {ts}"
-        );
-    }
+    let stats = FleetStats::read(pool).await?;
+    let mut out = render_with(|| stats.record());
+    stats.write_histograms(&mut out);
     Ok(out)
 }
 

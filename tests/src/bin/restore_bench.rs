@@ -448,9 +448,16 @@ async fn main() {
             .unwrap()
             .unwrap();
         let mut conn = pool.acquire().await.unwrap();
-        let snap = volsnap_shared::db::snapshots::insert_capturing(&mut conn, &workload)
-            .await
-            .unwrap();
+        let snap = volsnap_shared::db::snapshots::insert_capturing(
+            &mut *conn,
+            SnapshotId::new(),
+            w,
+            &workload.node,
+            volsnap_shared::domain::SnapshotKind::Manual,
+        )
+        .await
+        .unwrap()
+        .expect("a new snapshot row");
         let _ = Command::new("sync").status();
         let cjob = queue::enqueue(
             &mut conn,

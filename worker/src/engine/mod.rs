@@ -24,6 +24,7 @@ pub mod plan;
 pub mod prearchive;
 pub mod recovery;
 pub mod restore;
+pub mod steps;
 pub mod swap;
 pub mod undo;
 pub mod verify;

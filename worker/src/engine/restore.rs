@@ -201,7 +201,9 @@ pub async fn run_snapshot(
             Err(rb) => Err(Stop::NeedsRecovery(rb)),
         };
     }
+    let step = ctx.job.verify.then(|| super::steps::Step::Verify.start());
     let verified = super::verify::after_swap(eng, ctx, &plan, &j, &parents).await;
+    drop(step);
     match finish_forward(eng, Some(ctx), &mut j, &parents, Some(down)).await {
         Ok(outcome) => {
             close_journal(&eng.journals, ctx.id()).await?;
@@ -299,6 +301,7 @@ pub fn recheck(v: &PlannedVolume, p: &ParentDir) -> Result<(), Failure> {
 /// Step 1: decide everything from the database and the current config; touch nothing.
 #[tracing::instrument(skip_all)]
 pub async fn preflight(eng: &Engine, ctx: &JobContext, sid: SnapshotId) -> Result<Plan, Failure> {
+    let _step = super::steps::Step::Preflight.start();
     let job = &ctx.job;
     let workload = db::workloads::get(&eng.pool, job.workload_id)
         .await?
@@ -638,6 +641,7 @@ pub async fn extract(
     plan: &Plan,
     file: File,
 ) -> Result<Vec<FileId>, Stop> {
+    let _step = super::steps::Step::Extract.start();
     let total = file.metadata().map(|m| m.len()).unwrap_or(0);
     let read = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -799,6 +803,7 @@ pub async fn quiesce_and_swap(
     // Undo's own crash-point names (only read with the `failpoints` feature).
     #[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
     let undo = j.kind == JobKind::Undo;
+    let mut step = super::steps::Step::Stop.start();
     for (i, id) in j.containers.iter().enumerate() {
         eng.docker.stop(id).await?;
         if i == 0 {
@@ -810,6 +815,7 @@ pub async fn quiesce_and_swap(
     } else {
         "restore.stopped"
     });
+    step.next(super::steps::Step::Swap);
     let volumes = held(&j.volumes, parents);
     let checked = volumes.clone();
     blocking(move || {
@@ -941,6 +947,7 @@ pub async fn finish_forward(
         ));
     }
     phase("keeping the pre-restore copy").await;
+    let _step = super::steps::Step::Keep.start();
     let rec = super::keep::keep_after_commit(eng, j).await?;
     Ok(match redeploy {
         None => Outcome::Succeeded,
@@ -957,6 +964,7 @@ pub async fn finish_forward(
 }
 
 async fn redeploy_containers(eng: &Engine, ids: &[String]) -> Result<(), Failure> {
+    let _step = super::steps::Step::Redeploy.start();
     let mut first_err = None;
     for (i, id) in ids.iter().enumerate() {
         if let Err(e) = eng.docker.start(id).await {

@@ -116,6 +116,7 @@ async fn preflight(
     ctx: &JobContext,
     rec: &KeepRecord,
 ) -> Result<(Vec<PlannedVolume>, Vec<Arc<ParentDir>>, u64), Failure> {
+    let _step = super::steps::Step::Preflight.start();
     let workload = db::workloads::get(&eng.pool, ctx.job.workload_id)
         .await?
         .ok_or_else(|| {
