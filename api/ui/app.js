@@ -509,7 +509,7 @@
     workloads.selected = null;
     active.byWorkload.clear();
     active.last.clear();
-    for (const id of ['restore-dialog', 'delete-dialog']) {
+    for (const id of ['restore-dialog', 'delete-dialog', 'undo-dialog']) {
       if ($(id).open) $(id).close();
     }
     showLogin(msg, isError);
@@ -582,6 +582,7 @@
     if (!$('batch-new-view').hidden) renderLauncher();
     if ($('restore-dialog').open) fillRestoreDialog();
     if ($('delete-dialog').open) fillDeleteDialog();
+    if ($('undo-dialog').open) fillUndoDialog();
   }
 
   // ---------------------------------------------------------------- routing
@@ -616,7 +617,7 @@
 
   function route() {
     if (!session.token) return;
-    for (const id of ['restore-dialog', 'delete-dialog']) {
+    for (const id of ['restore-dialog', 'delete-dialog', 'undo-dialog']) {
       if ($(id).open) $(id).close();
     }
     const hash = location.hash;
@@ -726,7 +727,8 @@
     const pct = overallPct(job);
     const key = job.kind === 'capture'
       ? (pct === null ? 'w.capturing' : 'w.capturingPct')
-      : (pct === null ? 'w.restoring' : 'w.restoringPct');
+      : job.kind === 'undo' ? 'w.undoing'
+        : (pct === null ? 'w.restoring' : 'w.restoringPct');
     const phase = job.state === 'queued' ? t('w.queuedFor') : phaseWord(job.phase);
     return h('a', {
       class: 'busy', href: `#/jobs/${job.id}`, 'data-job-id': job.id, 'data-fk': `busy:${job.workload_id}`,
@@ -1537,6 +1539,7 @@
         jobView.readFailed = false;
         jobView.phases = ph.items || [];
         setLive(true);
+        setActive(body); // the workload's busy state follows the job shown (no list polls here)
         renderJob(body);
         if (!isActive(body.state)) return;
         waited = true;
@@ -1676,24 +1679,97 @@
     if (blocked) btn.setAttribute('aria-describedby', 'job-cancel-why');
     else btn.removeAttribute('aria-describedby');
     const undo = $('job-undo');
-    undo.hidden = !(job.kind === 'restore' && job.state === 'succeeded' && job.pre_restore_snapshot_id);
-    undo.disabled = Boolean(writeBlocker()) || (w && active.byWorkload.has(w.id));
-    undo.title = writeBlocker() || t('job.undoHint');
+    const busy = Boolean(w && active.byWorkload.has(w.id));
+    const undoBlocked = writeBlocker() || (busy ? t('w.busy') : null);
+    undo.hidden = !undoable(job);
+    undo.disabled = Boolean(undoBlocked);
+    undo.title = undoBlocked || t(job.kind === 'undo' ? 'job.undoHintUndo' : 'job.undoHint');
   }
 
-  /** "Undo this restore": restore the pre-restore snapshot, through the same dialog. */
-  async function undoRestore(ev) {
+  /** A succeeded restore or undo: what POST /api/jobs/{id}/undo accepts (the API decides). */
+  const undoable = (job) => (job.kind === 'restore' || job.kind === 'undo') && job.state === 'succeeded';
+
+  // ---------------------------------------------------------------- undo dialog
+
+  const undoState = { job: null, w: null, trigger: null, busy: false };
+
+  /** "Undo…": put back the data this restore (or undo) replaced, once the name is typed. */
+  async function openUndo(ev) {
     const job = jobView.job;
-    if (!job || !job.pre_restore_snapshot_id) return;
+    if (!job || !undoable(job)) return;
     const trigger = ev.currentTarget;
     hideError($('job-error'));
+    let w = workloads.byId.get(job.workload_id);
+    if (!w) {
+      try {
+        const { body } = await api('GET', `/api/workloads/${enc(job.workload_id)}`);
+        workloads.byId.set(body.id, body);
+        w = body;
+      } catch (e) {
+        showError($('job-error'), e);
+        return;
+      }
+    }
+    if (w.gone || jobView.job !== job) return;
+    Object.assign(undoState, { job, w, trigger, busy: false });
+    $('undo-confirm').value = '';
+    hideError($('undo-error'));
+    fillUndoDialog();
+    $('undo-dialog').showModal();
+    $('undo-confirm').focus();
+  }
+
+  function fillUndoDialog() {
+    const { job, w } = undoState;
+    if (!job || !w) return;
+    const which = job.kind === 'undo' ? 'Undo' : 'Restore';
+    setContent($('undo-question'), ...tn(`undo.what${which}`, {
+      job: h('code', { id: 'undo-job' }, job.id),
+      name: h('strong', { id: 'undo-workload' }, fullName(w)),
+      node: w.node,
+    }));
+    setContent($('undo-explain'), ...tn(`undo.explain${which}`, { name: h('strong', null, fullName(w)) }));
+    setContent($('undo-label'), ...tn('restore.type', { name: h('strong', { id: 'undo-expected' }, fullName(w)) }));
+    $('undo-submit').textContent = undoState.busy ? t('undo.busy') : t('undo.submit');
+    syncUndoButton();
+  }
+
+  function syncUndoButton() {
+    const typed = $('undo-confirm').value.trim();
+    $('undo-submit').disabled = undoState.busy || !undoState.w || typed !== fullName(undoState.w);
+  }
+
+  function setUndoBusy(busy) {
+    undoState.busy = busy;
+    $('undo-submit').textContent = busy ? t('undo.busy') : t('undo.submit');
+    if (busy) $('undo-form').setAttribute('aria-busy', 'true');
+    else $('undo-form').removeAttribute('aria-busy');
+    syncUndoButton();
+  }
+
+  async function submitUndo(ev) {
+    ev.preventDefault();
+    syncUndoButton();
+    if ($('undo-submit').disabled) return;
+    const { job } = undoState;
+    const dlg = $('undo-dialog');
+    setUndoBusy(true);
+    hideError($('undo-error'));
     try {
-      await fetchWorkload(job.workload_id);
-      const w = workloads.byId.get(job.workload_id);
-      const { body: s } = await api('GET', `/api/snapshots/${enc(job.pre_restore_snapshot_id)}`);
-      openRestore(w, s, trigger, 'job-notice');
+      const { body } = await api('POST', `/api/jobs/${enc(job.id)}/undo`, {
+        headers: { 'X-Confirm-Restore': job.id },
+      });
+      const undone = body.job;
+      setActive(undone);
+      applyJob(undone, true);
+      undoState.trigger = null; // focus goes to the new job's page, not back to the button
+      if (dlg.open) dlg.close();
+      location.hash = `#/jobs/${undone.id}`;
     } catch (e) {
-      showError($('job-error'), e);
+      if (quiet(e)) return;
+      showError(dlg.open ? $('undo-error') : $('job-error'), e);
+    } finally {
+      setUndoBusy(false);
     }
   }
 
@@ -2024,7 +2100,15 @@
     $('job-cancel').addEventListener('click', (ev) => {
       if (jobView.id) cancelJob(jobView.id, ev.currentTarget, $('job-error'));
     });
-    $('job-undo').addEventListener('click', undoRestore);
+    $('job-undo').addEventListener('click', openUndo);
+    $('undo-form').addEventListener('submit', submitUndo);
+    $('undo-confirm').addEventListener('input', syncUndoButton);
+    $('undo-cancel').addEventListener('click', () => $('undo-dialog').close());
+    $('undo-dialog').addEventListener('close', () => {
+      const tr = undoState.trigger;
+      undoState.trigger = null;
+      if (tr && tr.isConnected) tr.focus();
+    });
     $('restore-form').addEventListener('submit', submitRestore);
     $('restore-confirm').addEventListener('input', syncRestoreButton);
     $('restore-cancel').addEventListener('click', () => $('restore-dialog').close());

@@ -24,7 +24,7 @@ use crate::harness::*;
 const AXE: &str = include_str!("vendor/axe.min.js");
 
 /// A workload with the given project, stage and name.
-async fn wl(pool: &PgPool, project: &str, stage: &str, name: &str) -> Workload {
+pub(crate) async fn wl(pool: &PgPool, project: &str, stage: &str, name: &str) -> Workload {
     let mut f = workload_fields(name, "node-a", SourceKind::Image);
     f.project = project.into();
     f.stage = stage.into();
@@ -55,7 +55,7 @@ async fn jobs_of(pool: &PgPool, w: &Workload) -> Vec<(String, String, String, Op
     .unwrap()
 }
 
-fn jid(s: &str) -> JobId {
+pub(crate) fn jid(s: &str) -> JobId {
     s.parse().unwrap()
 }
 
@@ -77,13 +77,13 @@ async fn open_restore(ui: &Ui, w: &Workload, sid: SnapshotId) {
     .await;
 }
 
-async fn type_into(ui: &Ui, css: &str, text: &str) {
+pub(crate) async fn type_into(ui: &Ui, css: &str, text: &str) {
     let input = ui.find(css).await;
     input.clear().await.unwrap();
     input.send_keys(text).await.unwrap();
 }
 
-async fn enabled(ui: &Ui, css: &str) -> bool {
+pub(crate) async fn enabled(ui: &Ui, css: &str) -> bool {
     ui.find(css).await.is_enabled().await.unwrap()
 }
 
@@ -569,22 +569,24 @@ async fn undo_restores_the_pre_restore_snapshot(pool: PgPool) {
     ui.click("#job-undo").await;
     ui.wait_js(
         "the undo dialog to open",
-        "return document.getElementById('restore-dialog').open",
+        "return document.getElementById('undo-dialog').open",
     )
     .await;
-    assert_eq!(ui.text("#restore-snapshot").await, pre.to_string());
-    type_into(&ui, "#restore-confirm", "crm").await;
-    assert!(!enabled(&ui, "#restore-submit").await);
-    type_into(&ui, "#restore-confirm", "acme/prod/crm").await;
-    ui.click("#restore-submit").await;
+    assert_eq!(ui.text("#undo-job").await, job);
+    type_into(&ui, "#undo-confirm", "crm").await;
+    assert!(!enabled(&ui, "#undo-submit").await);
+    type_into(&ui, "#undo-confirm", "acme/prod/crm").await;
+    ui.click("#undo-submit").await;
     let undo = eventually("the undo job", || async {
         let jobs = jobs_of(&pool, &w).await;
         (jobs.len() == 2).then(|| jobs[1].clone())
     })
     .await;
+    // An undo job (not a restore), carrying the restore's pre-restore snapshot.
+    assert_eq!(undo.2, "undo");
     assert_eq!(undo.3.as_deref(), Some(pre.to_string().as_str()));
     assert_eq!(undo.1, "queued");
-    ui.wait_text("#job-notice", &[&undo.0]).await;
+    ui.wait_text("#job-id", &[&undo.0]).await;
 }
 
 #[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
@@ -944,7 +946,7 @@ async fn desktop_widths_keep_names_whole(pool: PgPool) {
 }
 
 /// axe-core's serious and critical violations of the page as it is now.
-async fn axe_violations(ui: &Ui) -> Vec<Value> {
+pub(crate) async fn axe_violations(ui: &Ui) -> Vec<Value> {
     let loaded = ui.js("return typeof window.axe").await;
     if loaded != json!("object") {
         ui.js(&format!("{AXE}\nreturn null;")).await;
@@ -986,7 +988,7 @@ impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
     }
 }
 
-async fn set_theme(ui: &Ui, theme: &str) {
+pub(crate) async fn set_theme(ui: &Ui, theme: &str) {
     ui.client()
         .issue_cmd(Cdp(json!({
             "cmd": "Emulation.setEmulatedMedia",
@@ -1010,7 +1012,7 @@ async fn set_theme(ui: &Ui, theme: &str) {
     );
 }
 
-async fn set_lang(ui: &Ui, lang: &str) {
+pub(crate) async fn set_lang(ui: &Ui, lang: &str) {
     ui.js_with(
         "const s = document.getElementById('lang'); s.value = arguments[0]; \
          s.dispatchEvent(new Event('change')); return null",

@@ -16,4 +16,5 @@ mod console;
 mod jobs;
 mod restore;
 mod session;
+mod undo;
 mod xss;
