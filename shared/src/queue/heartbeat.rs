@@ -14,8 +14,8 @@ use super::config::WorkerConfig;
 use super::maintenance::unless_stopped;
 use crate::ids::JobId;
 
-/// Jobs this process runs, for the heartbeat: id → (attempt, lease-lost token).
-/// The jobs this process holds, for the heartbeat.
+/// The jobs this process runs (from their lock until their outcome is written), for
+/// the heartbeat: id → attempt, lease-lost token, finishing.
 pub(super) type Running = Arc<Mutex<HashMap<JobId, RunningJob>>>;
 
 pub(super) struct RunningJob {

@@ -188,9 +188,10 @@ async fn throughput(
             .await
             .unwrap();
             let waits: Vec<String> = sqlx::query_scalar(
-                "SELECT coalesce(wait_event_type || ':' || wait_event, 'cpu') || ' ' || state || ' x' || count(*) \
-                 FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
-                 GROUP BY 1 ORDER BY count(*) DESC",
+                "SELECT w || ' x' || count(*) FROM (SELECT coalesce(wait_event_type || ':' || wait_event, 'cpu') \
+                   || ' ' || state AS w FROM pg_stat_activity \
+                   WHERE datname = current_database() AND pid <> pg_backend_pid()) a \
+                 GROUP BY w ORDER BY count(*) DESC",
             )
             .fetch_all(pool)
             .await
