@@ -59,7 +59,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let pool = volsnap_shared::database::connect(
         common.database_url.as_deref(),
         &common.state_dir,
-        volsnap_shared::queue::worker::min_pool_size(queue_cfg.concurrency),
+        volsnap_shared::queue::min_pool_size(queue_cfg.concurrency),
     )
     .await?;
     volsnap_shared::database::ensure_migrated(&pool).await?;
@@ -97,7 +97,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
-    volsnap_shared::queue::worker::run(pool, queue_cfg, engine, shutdown).await
+    volsnap_shared::queue::run(pool, queue_cfg, engine, shutdown).await
 }
 
 /// Publish this node's roots so the API applies the same volume rules at registration.

@@ -257,8 +257,8 @@ impl RunArgs {
         cfg
     }
 
-    pub fn queue_config(&self) -> volsnap_shared::queue::worker::WorkerConfig {
-        let mut cfg = volsnap_shared::queue::worker::WorkerConfig::new(self.common.node());
+    pub fn queue_config(&self) -> volsnap_shared::queue::WorkerConfig {
+        let mut cfg = volsnap_shared::queue::WorkerConfig::new(self.common.node());
         cfg.concurrency = self.concurrency.max(1);
         cfg.heartbeat_interval = Duration::from_secs_f64(self.heartbeat_secs.max(0.05));
         cfg.lease = Duration::from_secs_f64(self.lease_secs.max(self.heartbeat_secs * 2.0));

@@ -27,8 +27,8 @@ use metrics_exporter_prometheus::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use volsnap_shared::queue::WorkerStatus;
 use volsnap_shared::queue::stats::render_with;
-use volsnap_shared::queue::worker::WorkerStatus;
 
 use crate::engine::steps;
 

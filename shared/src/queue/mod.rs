@@ -32,15 +32,6 @@ mod producer;
 mod rescuer;
 pub mod stats;
 
-/// The former home of the runner's types, kept so other crates compile unchanged
-/// while their imports move to `volsnap_shared::queue::`.
-#[doc(hidden)]
-pub mod worker {
-    pub use super::config::{RetryPolicy, WorkerConfig, WorkerStatus, min_pool_size};
-    pub use super::job::{JobContext, JobHandler, JobOutcome, PointOfNoReturnError};
-    pub use super::producer::run;
-}
-
 use sqlx::{PgConnection, PgPool};
 
 use crate::domain::{Job, JobKind, JobState};

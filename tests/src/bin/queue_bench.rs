@@ -19,10 +19,8 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use volsnap_shared::domain::{JobKind, JobState};
 use volsnap_shared::ids::{JobId, WorkloadId};
-use volsnap_shared::queue::worker::{
-    JobContext, JobHandler, JobOutcome, WorkerConfig, WorkerStatus, run,
-};
 use volsnap_shared::queue::{self, NewJob};
+use volsnap_shared::queue::{JobContext, JobHandler, JobOutcome, WorkerConfig, WorkerStatus, run};
 use volsnap_shared::scratch::ScratchDb;
 
 const DB: &str = "volsnap_queue_bench";

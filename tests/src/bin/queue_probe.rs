@@ -1,5 +1,5 @@
 //! A worker process with a probe handler, for queue tests and benchmarks: it runs the
-//! real queue runner (`volsnap_shared::queue::worker::run`) and records what each job
+//! real queue runner (`volsnap_shared::queue::run`) and records what each job
 //! did in the test-owned table `queue_probe`, using the database's clock, so a test
 //! can check exclusivity and fencing across processes.
 //!
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use volsnap_shared::queue::worker::{JobContext, JobHandler, JobOutcome, WorkerConfig, run};
+use volsnap_shared::queue::{JobContext, JobHandler, JobOutcome, WorkerConfig, run};
 
 #[derive(Debug, Parser)]
 struct Args {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use volsnap_shared::domain::{JobKind, SnapshotState};
-use volsnap_shared::queue::worker::JobContext;
+use volsnap_shared::queue::JobContext;
 use volsnap_shared::{db, failure};
 
 use super::archive::{partial_path, write_archive_durably};

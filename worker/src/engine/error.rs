@@ -5,8 +5,8 @@
 use std::fmt;
 
 use volsnap_shared::failure::{self, FailureCode};
+use volsnap_shared::queue::PointOfNoReturnError;
 use volsnap_shared::queue::QueueError;
-use volsnap_shared::queue::worker::PointOfNoReturnError;
 
 type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 

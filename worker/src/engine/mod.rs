@@ -35,7 +35,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use volsnap_shared::domain::JobKind;
-use volsnap_shared::queue::worker::{JobContext, JobHandler, JobOutcome};
+use volsnap_shared::queue::{JobContext, JobHandler, JobOutcome};
 use volsnap_shared::{db, failure};
 
 use self::docker::Docker;

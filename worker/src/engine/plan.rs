@@ -25,7 +25,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use volsnap_archive::diff::{self as vdiff, DiffError, DiffOptions, DiffSummary, LiveRoots};
 use volsnap_shared::failure::{self, FailureCode};
-use volsnap_shared::queue::worker::JobContext;
+use volsnap_shared::queue::JobContext;
 
 use super::dirs::{FileId, ParentDir};
 use super::error::{Failure, Stop};

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use volsnap_shared::domain::{SnapshotKind, SnapshotState};
-use volsnap_shared::queue::worker::JobContext;
+use volsnap_shared::queue::JobContext;
 use volsnap_shared::{db, failure};
 
 use super::archive::{partial_path, write_archive_durably_until};

@@ -12,7 +12,7 @@
 use volsnap_shared::domain::{JobKind, SnapshotState};
 use volsnap_shared::ids::JobId;
 use volsnap_shared::queue;
-use volsnap_shared::queue::worker::JobContext;
+use volsnap_shared::queue::JobContext;
 use volsnap_shared::{db, failure};
 
 use super::archive::partial_path;

@@ -35,7 +35,7 @@ use volsnap_shared::db;
 use volsnap_shared::domain::{JobKind, Snapshot, SnapshotState, SourceKind};
 use volsnap_shared::failure::{self, FailureCode};
 use volsnap_shared::ids::{JobId, SnapshotId, WorkloadId};
-use volsnap_shared::queue::worker::JobContext;
+use volsnap_shared::queue::JobContext;
 
 use super::dirs::{self, FileId, ParentDir};
 use super::error::{BeforeAnyChange as _, Failure, Stop};

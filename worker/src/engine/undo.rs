@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use volsnap_shared::domain::{JobKind, SourceKind};
 use volsnap_shared::ids::JobId;
-use volsnap_shared::queue::worker::JobContext;
+use volsnap_shared::queue::JobContext;
 use volsnap_shared::{db, failure};
 
 use super::dirs::{self, ParentDir};

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use volsnap_archive::diff::VolumeDiff;
 use volsnap_shared::failure;
-use volsnap_shared::queue::worker::JobContext;
+use volsnap_shared::queue::JobContext;
 
 use super::Engine;
 use super::dirs::ParentDir;
