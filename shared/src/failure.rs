@@ -258,6 +258,8 @@ impl PartialEq<FailureCode> for &str {
 }
 
 // The names call sites have used since codes were strings.
+/// A kept pre-restore copy was gone when its archive job ran (undone or removed).
+pub const PRE_RESTORE_COPY_GONE: FailureCode = FailureCode::PreRestoreCopyGone;
 pub const CHECKSUM_MISMATCH: FailureCode = FailureCode::SnapshotChecksumMismatch;
 pub const SNAPSHOT_FILE_MISSING: FailureCode = FailureCode::SnapshotFileMissing;
 pub const SNAPSHOT_NOT_READY: FailureCode = FailureCode::SnapshotNotReady;

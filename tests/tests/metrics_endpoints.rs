@@ -8,14 +8,13 @@
 //! it the promtool checks are skipped with a message, the rest still runs.
 
 use std::io::Write as _;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use volsnap_e2e::engine::*;
+use volsnap_e2e::procs::{Proc, api_binary, free_addr, get_ok};
 use volsnap_shared::domain::{JobKind, JobState, SourceKind, VolumeScope};
 use volsnap_shared::queue::{self, JobOptions, NewJob};
 
@@ -31,50 +30,6 @@ const STEPS: &[&str] = &[
     "verify",
     "keep",
 ];
-
-/// A child killed (and reaped) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-/// `volsnap-api`, built next to the test's worker binary (`cargo build --workspace
-/// --bins` builds it; scripts/test does).
-fn api_binary() -> PathBuf {
-    let p = Path::new(WORKER).parent().unwrap().join("volsnap-api");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
-}
-
-/// GET `url` until it answers 200 (60 s at most); the body.
-async fn scrape(url: &str) -> String {
-    let t = Instant::now();
-    loop {
-        if let Ok(r) = reqwest::get(url).await
-            && r.status().is_success()
-        {
-            return r.text().await.unwrap();
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "{url} never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// `promtool check metrics` on `text` (stdin); panics with its report when it objects.
 /// `false` when promtool is not installed.
@@ -157,7 +112,7 @@ async fn a_restore_shows_every_step_and_both_outputs_pass_promtool(
     assert!(container_running(&c));
     assert_eq!(tree_hash(&host), tree_hash(&source));
 
-    let text = scrape(&format!("http://{worker_addr}/metrics")).await;
+    let text = get_ok(&format!("http://{worker_addr}/metrics"), "metrics").await;
     assert!(
         text.contains(
             "# HELP volsnap_restore_step_seconds Time each step of a restore or an undo took on this worker."
@@ -220,7 +175,7 @@ async fn a_restore_shows_every_step_and_both_outputs_pass_promtool(
     // The API binary over the same database: the durable counters include the restore.
     let api_addr = free_addr();
     let _api = Proc(
-        Command::new(api_binary())
+        Command::new(api_binary(WORKER))
             .args(["serve", "--addr", &api_addr.to_string()])
             .env("DATABASE_URL", &env.url)
             .stdout(Stdio::null())
@@ -228,7 +183,7 @@ async fn a_restore_shows_every_step_and_both_outputs_pass_promtool(
             .spawn()
             .unwrap(),
     );
-    let text = scrape(&format!("http://{api_addr}/metrics")).await;
+    let text = get_ok(&format!("http://{api_addr}/metrics"), "metrics").await;
     assert_eq!(
         value(
             &text,

@@ -10,59 +10,17 @@
 //! installs it.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use volsnap_e2e::engine::*;
+use volsnap_e2e::procs::{Proc, api_binary, free_addr, get_ok};
 use volsnap_shared::domain::{JobKind, JobState, SourceKind, VolumeScope};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_volsnap-worker-fp");
-
-/// A child killed (and reaped) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-/// `volsnap-api`, built next to the test's worker binary (`cargo build --workspace
-/// --bins` builds it; scripts/test does).
-fn api_binary() -> PathBuf {
-    let p = Path::new(WORKER).parent().unwrap().join("volsnap-api");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
-}
-
-async fn wait_http_ok(url: &str, what: &str) {
-    let t = Instant::now();
-    loop {
-        if let Ok(r) = reqwest::get(url).await
-            && r.status().is_success()
-        {
-            return;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "{what} never became ready at {url}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn json_lines(path: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(path).unwrap();
@@ -99,7 +57,7 @@ async fn prometheus_fires_restore_failed_for_the_workload(
     let api_addr = free_addr();
     let api_log = dir.join("api.log");
     let _api = Proc(
-        Command::new(api_binary())
+        Command::new(api_binary(WORKER))
             .args(["serve", "--addr", &api_addr.to_string()])
             .env("DATABASE_URL", &env.url)
             .env("VOLSNAP_LOG_FORMAT", "json")
@@ -109,7 +67,7 @@ async fn prometheus_fires_restore_failed_for_the_workload(
             .spawn()
             .unwrap(),
     );
-    wait_http_ok(&format!("http://{api_addr}/healthz"), "volsnap-api").await;
+    get_ok(&format!("http://{api_addr}/healthz"), "volsnap-api").await;
 
     // The worker binary with its own metrics endpoint, logging JSON.
     let worker_metrics = free_addr();
@@ -118,7 +76,7 @@ async fn prometheus_fires_restore_failed_for_the_workload(
         &["--metrics-addr", &worker_metrics.to_string()],
         &[("VOLSNAP_LOG_FORMAT", "json")],
     );
-    wait_http_ok(
+    get_ok(
         &format!("http://{worker_metrics}/metrics"),
         "the worker's /metrics",
     )
@@ -156,7 +114,7 @@ async fn prometheus_fires_restore_failed_for_the_workload(
             .spawn()
             .unwrap(),
     );
-    wait_http_ok(&format!("http://{prom_addr}/-/ready"), "prometheus").await;
+    get_ok(&format!("http://{prom_addr}/-/ready"), "prometheus").await;
 
     // A workload whose snapshot's archive is gone: its restore fails.
     let v = vol(VolumeScope::Stage, "data", "/data");
@@ -319,27 +277,7 @@ async fn prometheus_fires_restore_failed_for_the_workload(
     assert_eq!(fired.0["labels"]["node"], env.node.as_str(), "{}", fired.0);
     assert!(fired.1 >= Duration::from_secs(7), "{:?}", fired.1);
     assert!(fired.1 < Duration::from_secs(14), "{:?}", fired.1);
-    let alert = loop {
-        let v: serde_json::Value = client
-            .get(format!("http://{prom_addr}/api/v1/alerts"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if let Some(a) = alerts(&v).into_iter().find(|a| {
-            a["labels"]["alertname"] == "VolsnapWorkerUnreachable" && a["state"] == "firing"
-        }) {
-            break a;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(60),
-            "VolsnapWorkerUnreachable not firing 60 s after SIGKILL: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let took = killed.elapsed();
+    let (alert, took) = wait_firing(&client, prom_addr, "VolsnapWorkerUnreachable", killed).await;
     eprintln!(
         "VolsnapWorkerUnreachable firing {:.2} s after SIGKILL (for: 15s + scrape 1 s + evaluation 1 s)",
         took.as_secs_f64()

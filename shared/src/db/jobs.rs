@@ -195,10 +195,9 @@ pub async fn pre_restore_of<'e>(
     .flatten())
 }
 
-/// Link a pre-restore snapshot to its job without a lease (start-up recovery and the
-/// archive job hold the workload's lock or the keep record instead; the job's owner is
-/// gone or finished). The job's own run links it fenced by its lease
-/// (`JobContext::set_pre_restore_snapshot`).
+/// Link a kept copy's `pre-restore` snapshot to the job that kept it: the one place
+/// this link is written (by the copy's archive job, under the copy's lock, once the
+/// keeping job is final — so no lease fences it).
 pub async fn link_pre_restore_unfenced<'e>(
     exec: impl PgExecutor<'e>,
     job: JobId,

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::QueueError;
 use super::config::RetryPolicy;
 use crate::domain::Job;
-use crate::ids::{JobId, SnapshotId};
+use crate::ids::JobId;
 
 /// How a job's run ended, as its handler reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,15 +183,6 @@ impl JobContext {
             "UPDATE jobs SET progress_done = $3, progress_total = $4 \
              WHERE id = $1 AND attempt = $2 AND state = 'running'",
             |q| q.bind(done as i64).bind(total as i64),
-        )
-        .await
-    }
-
-    pub async fn set_pre_restore_snapshot(&self, sid: SnapshotId) -> Result<(), QueueError> {
-        self.fenced(
-            "UPDATE jobs SET pre_restore_snapshot_id = $3 \
-             WHERE id = $1 AND attempt = $2 AND state = 'running'",
-            |q| q.bind(sid),
         )
         .await
     }

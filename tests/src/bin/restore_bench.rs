@@ -136,6 +136,23 @@ async fn archive_done(
     }
 }
 
+/// Wait for `job` to succeed (it must); its run time, start to finish, in seconds.
+async fn job_seconds(pool: &PgPool, job: volsnap_shared::ids::JobId) -> f64 {
+    loop {
+        let j = queue::get_job(pool, job).await.unwrap().unwrap();
+        if j.state.is_final() {
+            assert_eq!(
+                j.state,
+                volsnap_shared::domain::JobState::Succeeded,
+                "{j:?}"
+            );
+            return (j.finished_at.unwrap() - j.started_at.unwrap()).num_milliseconds() as f64
+                / 1000.0;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let sizes: Vec<usize> = {
@@ -336,19 +353,7 @@ async fn main() {
             .await
             .unwrap();
         drop(conn);
-        let undo_whole = loop {
-            let j = queue::get_job(&pool, undo).await.unwrap().unwrap();
-            if j.state.is_final() {
-                assert_eq!(
-                    j.state,
-                    volsnap_shared::domain::JobState::Succeeded,
-                    "{j:?}"
-                );
-                break (j.finished_at.unwrap() - j.started_at.unwrap()).num_milliseconds() as f64
-                    / 1000.0;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let undo_whole = job_seconds(&pool, undo).await;
         let undo_down = downtime_sum(&pool).await - before_undo;
         // Its own kept copy is archived too; let it finish before the next timings.
         archive_done(&pool, undo).await;
@@ -372,19 +377,7 @@ async fn main() {
         .unwrap()
         .id;
         drop(conn);
-        let verified_whole = loop {
-            let j = queue::get_job(&pool, vjob).await.unwrap().unwrap();
-            if j.state.is_final() {
-                assert_eq!(
-                    j.state,
-                    volsnap_shared::domain::JobState::Succeeded,
-                    "{j:?}"
-                );
-                break (j.finished_at.unwrap() - j.started_at.unwrap()).num_milliseconds() as f64
-                    / 1000.0;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let verified_whole = job_seconds(&pool, vjob).await;
         let verified_down = downtime_sum(&pool).await - before_v;
         verified.push((mib, engine_down, verified_down, whole, verified_whole));
         archive_done(&pool, vjob).await;
@@ -474,19 +467,7 @@ async fn main() {
         .unwrap()
         .id;
         drop(conn);
-        let capture_whole = loop {
-            let j = queue::get_job(&pool, cjob).await.unwrap().unwrap();
-            if j.state.is_final() {
-                assert_eq!(
-                    j.state,
-                    volsnap_shared::domain::JobState::Succeeded,
-                    "{j:?}"
-                );
-                break (j.finished_at.unwrap() - j.started_at.unwrap()).num_milliseconds() as f64
-                    / 1000.0;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let capture_whole = job_seconds(&pool, cjob).await;
         let captured = volsnap_shared::db::snapshots::get(&pool, snap.id)
             .await
             .unwrap()

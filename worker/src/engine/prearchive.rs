@@ -30,9 +30,6 @@ use super::restore::{held, reopen_parents};
 use super::{Engine, LockWait, Progress, archive, blocking, fsops, nodelock, wait_for_node_lock};
 use crate::crash_point;
 
-/// The kept copy this job was to archive is gone (released by an undo, or removed).
-pub const COPY_GONE: &str = "pre_restore_copy_gone";
-
 #[tracing::instrument(skip_all, fields(job_id = %ctx.id()))]
 pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
     let _ = ctx.set_phase("archiving pre-restore copy").await;
@@ -99,7 +96,7 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
             return Err(Stop::Cancelled);
         }
         return Ok(Outcome::Failed {
-            code: COPY_GONE.into(),
+            code: failure::PRE_RESTORE_COPY_GONE.as_str().into_owned(),
             message: "the kept pre-restore copy no longer exists on this node (undone or removed)"
                 .into(),
         });
@@ -161,7 +158,7 @@ fn undo_of_copy_pending(eng: &Engine, keeper: volsnap_shared::ids::JobId) -> boo
 }
 
 fn rel_of(rec: &KeepRecord) -> String {
-    format!("{}/{}.tar.gz", rec.workload_id, rec.snapshot_id)
+    db::snapshots::archive_path(rec.workload_id, rec.snapshot_id)
 }
 
 async fn archive_kept(eng: &Engine, ctx: &JobContext, rec: &KeepRecord) -> Result<(), Stop> {
