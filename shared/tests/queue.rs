@@ -871,6 +871,56 @@ async fn a_transient_fault_before_any_change_is_retried_with_backoff(pool: PgPoo
     assert!(j.error_code.is_none());
 }
 
+/// A job claimed for recovery (an earlier attempt may have changed the node) that hits
+/// a transient fault before recovering goes back to the queue still `recovering` with
+/// its point-of-no-return flag: the next claim recovers it rather than running it
+/// afresh (found by the backend-kills chaos test: a restore swapped by one attempt was
+/// re-run fresh by the next and failed with the data restored).
+#[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
+async fn a_retry_keeps_a_job_recovering(pool: PgPool) {
+    #[derive(Default)]
+    struct FlakyRecovery(Mutex<Vec<bool>>);
+    impl JobHandler for FlakyRecovery {
+        async fn run(&self, ctx: JobContext) -> JobOutcome {
+            let mut seen = self.0.lock().unwrap();
+            seen.push(ctx.job.recovering);
+            if seen.len() == 1 {
+                JobOutcome::retry("database_unavailable", "connection reset")
+            } else {
+                JobOutcome::Succeeded
+            }
+        }
+    }
+    let w = workload(&pool, "n1").await;
+    let id = enqueue(&pool, &new_job(w, "n1")).await.unwrap();
+    // As the rescuer leaves a job whose owner died past its point of no return.
+    sqlx::query(
+        "UPDATE jobs SET recovering = true, past_point_of_no_return = true, \
+         phase = 'awaiting recovery' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut cfg = fast_config("n1");
+    cfg.retry.backoff = Duration::from_millis(10);
+    let runs = Arc::new(FlakyRecovery::default());
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(run(pool.clone(), cfg, runs.clone(), stop.clone()));
+    wait_until(
+        "the retried recovery succeeded",
+        Duration::from_secs(15),
+        || async { job_state(&pool, id).await == JobState::Succeeded },
+    )
+    .await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    let runs = runs.0.lock().unwrap().clone();
+    assert_eq!(runs, vec![true, true], "both claims must be recoveries");
+    let j = queue::get_job(&pool, id).await.unwrap().unwrap();
+    assert_eq!(j.retries, 1);
+}
+
 /// Retries are bounded: a job that keeps hitting transient faults fails with the
 /// fault's code once its retries are used up.
 #[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
