@@ -172,10 +172,11 @@ pub struct VolumeSpec {
     pub target: String,
 }
 
-/// A workload row.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct Workload {
-    pub id: WorkloadId,
+/// Everything a client sets on a workload (create and full update): written once here,
+/// carried by [`Workload`] (which adds its id and times) and bound once by
+/// `db::workloads`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct WorkloadFields {
     pub name: String,
     pub project: String,
     pub stage: String,
@@ -185,8 +186,26 @@ pub struct Workload {
     #[sqlx(json)]
     pub volumes: Vec<VolumeSpec>,
     pub stop_for_capture: bool,
+}
+
+/// A workload row: its [`WorkloadFields`] (flattened in JSON and in the row; reached
+/// through `Deref`, so `w.name` reads as before) plus its id and times.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Workload {
+    pub id: WorkloadId,
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub fields: WorkloadFields,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl std::ops::Deref for Workload {
+    type Target = WorkloadFields;
+
+    fn deref(&self) -> &WorkloadFields {
+        &self.fields
+    }
 }
 
 /// A snapshot row.

@@ -8,7 +8,8 @@ use std::sync::LazyLock;
 
 use sqlx::{AssertSqlSafe, PgConnection, PgExecutor, PgPool};
 
-use crate::domain::{SourceKind, VolumeSpec, Workload};
+pub use crate::domain::WorkloadFields;
+use crate::domain::{VolumeSpec, Workload};
 use crate::ids::{JobId, WorkloadId};
 use crate::volume::{self, Overlap, VolumeRefusal};
 
@@ -17,19 +18,6 @@ const COLUMNS: &str = "id, name, project, stage, node, source_kind, image, volum
 
 /// The unique constraint on `(project, stage, name)`.
 pub const UNIQUE_NAME: &str = "workloads_project_stage_name_key";
-
-/// Everything a client sets on a workload (create and full update).
-#[derive(Debug, Clone)]
-pub struct WorkloadFields {
-    pub name: String,
-    pub project: String,
-    pub stage: String,
-    pub node: String,
-    pub source_kind: SourceKind,
-    pub image: Option<String>,
-    pub volumes: Vec<VolumeSpec>,
-    pub stop_for_capture: bool,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadWriteError {

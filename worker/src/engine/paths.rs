@@ -197,14 +197,16 @@ mod tests {
     fn workload(vols: Vec<VolumeSpec>) -> Workload {
         Workload {
             id: WorkloadId::new(),
-            name: "app".into(),
-            project: "proj".into(),
-            stage: "prod".into(),
-            node: "n".into(),
-            source_kind: SourceKind::Image,
-            image: Some("x".into()),
-            volumes: vols,
-            stop_for_capture: false,
+            fields: WorkloadFields {
+                name: "app".into(),
+                project: "proj".into(),
+                stage: "prod".into(),
+                node: "n".into(),
+                source_kind: SourceKind::Image,
+                image: Some("x".into()),
+                volumes: vols,
+                stop_for_capture: false,
+            },
             created_at: chrono::Utc::now(),
             updated_at: chrono::Utc::now(),
         }
