@@ -17,8 +17,9 @@ use volsnap_shared::domain::VolumeSpec;
 use volsnap_shared::failure::{self, FailureCode};
 use volsnap_shared::ids::WorkloadId;
 
+use super::context::Progress;
 use super::error::Failure;
-use super::{Progress, fsops};
+use super::fsops;
 
 pub use va::{Limits, Manifest};
 

@@ -17,10 +17,11 @@ use volsnap_shared::queue::JobContext;
 use volsnap_shared::{db, failure};
 
 use super::archive::{partial_path, write_archive_durably};
+use super::context::{Engine, blocking, blocking_with_progress};
 use super::dirs::ParentDir;
 use super::error::{Failure, Stop};
 use super::journal::{Journal, JournalState, Outcome, close_journal, write_journal};
-use super::{Engine, archive, blocking, blocking_with_progress, fsops, paths};
+use super::{archive, fsops, paths};
 use crate::crash_point;
 
 #[tracing::instrument(skip_all, fields(job_id = %ctx.id()))]

@@ -41,7 +41,7 @@ pub async fn check_once(
 ) -> Result<usize, sqlx::Error> {
     let mut changed = 0;
     for f in console::ready_files_of_node(pool, node).await? {
-        let present = match super::snapshot_file(snapshot_dir, &f.archive_path) {
+        let present = match super::context::snapshot_file(snapshot_dir, &f.archive_path) {
             Ok(path) => match tokio::fs::metadata(&path).await {
                 Ok(m) => m.is_file(),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,

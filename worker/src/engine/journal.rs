@@ -292,7 +292,7 @@ fn remove_if_unlocked(path: &Path) -> io::Result<bool> {
 /// Write (replace) a job's journal, off the async executor.
 pub async fn write_journal(journals: &JournalDir, j: &Journal) -> Result<(), Failure> {
     let (journals, j) = (journals.clone(), j.clone());
-    super::blocking(move || {
+    super::context::blocking(move || {
         journals
             .write(&j)
             .map_err(|e| Failure::io("writing the journal", e))
@@ -303,7 +303,7 @@ pub async fn write_journal(journals: &JournalDir, j: &Journal) -> Result<(), Fai
 /// Remove a finished job's journal, off the async executor.
 pub async fn close_journal(journals: &JournalDir, job: JobId) -> Result<(), Failure> {
     let journals = journals.clone();
-    super::blocking(move || {
+    super::context::blocking(move || {
         journals
             .remove(job)
             .map_err(|e| Failure::io("closing the journal", e))

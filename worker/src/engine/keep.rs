@@ -36,10 +36,11 @@ use volsnap_shared::db;
 use volsnap_shared::domain::{JobKind, JobState, SnapshotState};
 use volsnap_shared::ids::{JobId, SnapshotId, WorkloadId};
 
+use super::context::{Engine, blocking};
 use super::error::Failure;
 use super::journal::{JournalState, PlannedVolume};
 use super::restore::{held, reopen_parents};
-use super::{Engine, blocking, fsops, nodelock, swap};
+use super::{fsops, nodelock, swap};
 use crate::crash_point;
 
 /// Where a kept copy's background archive is.

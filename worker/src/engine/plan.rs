@@ -27,11 +27,12 @@ use volsnap_archive::diff::{self as vdiff, DiffError, DiffOptions, DiffSummary, 
 use volsnap_shared::failure::{self, FailureCode};
 use volsnap_shared::queue::JobContext;
 
+use super::archive;
+use super::context::Engine;
 use super::dirs::{FileId, ParentDir};
 use super::error::{Failure, Stop};
 use super::journal::{Outcome, PlannedVolume};
 use super::restore::{self, Plan};
-use super::{Engine, archive};
 
 /// Sample paths kept per set (added, changed, removed) of a volume.
 pub const SAMPLES: usize = 20;

@@ -23,11 +23,12 @@ use volsnap_shared::queue::JobContext;
 use volsnap_shared::{db, failure};
 
 use super::archive::{partial_path, write_archive_durably_until};
+use super::context::{Engine, LockWait, Progress, blocking, wait_for_node_lock};
 use super::error::{Failure, Stop};
 use super::journal::Outcome;
 use super::keep::{self, KeepRecord};
 use super::restore::{held, reopen_parents};
-use super::{Engine, LockWait, Progress, archive, blocking, fsops, nodelock, wait_for_node_lock};
+use super::{archive, fsops, nodelock};
 use crate::crash_point;
 
 #[tracing::instrument(skip_all, fields(job_id = %ctx.id()))]

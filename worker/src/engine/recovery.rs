@@ -16,10 +16,11 @@ use volsnap_shared::queue::JobContext;
 use volsnap_shared::{db, failure};
 
 use super::archive::partial_path;
+use super::context::{Engine, blocking};
 use super::error::{Failure, Stop};
 use super::journal::{Journal, JournalState, Outcome, close_journal, write_journal};
 use super::restore::{finish_forward, reopen_parents, roll_back};
-use super::{Engine, blocking, capture, fsops};
+use super::{capture, fsops};
 use crate::crash_point;
 
 /// Recover one journal. Returns the job's outcome; the journal is left `finished`.

@@ -37,11 +37,12 @@ use volsnap_shared::failure::{self, FailureCode};
 use volsnap_shared::ids::{JobId, SnapshotId, WorkloadId};
 use volsnap_shared::queue::JobContext;
 
+use super::context::{Engine, blocking};
 use super::dirs::{self, FileId, ParentDir};
 use super::error::{BeforeAnyChange as _, Failure, Stop};
 use super::journal::{Journal, JournalState, Outcome, PlannedVolume, close_journal, write_journal};
 use super::swap::Held;
-use super::{Engine, archive, blocking, fsops, paths, swap};
+use super::{archive, fsops, paths, swap};
 use crate::crash_point;
 
 /// What pre-flight decided: everything later steps need, all checked.

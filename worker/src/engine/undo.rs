@@ -24,17 +24,18 @@ use volsnap_shared::ids::JobId;
 use volsnap_shared::queue::JobContext;
 use volsnap_shared::{db, failure};
 
+use super::context::{Engine, LockWait, blocking, wait_for_node_lock};
 use super::dirs::{self, ParentDir};
 use super::error::{BeforeAnyChange as _, Failure, Stop};
 use super::journal::{Journal, JournalState, Outcome, PlannedVolume, close_journal, write_journal};
 use super::keep::KeepRecord;
 use super::nodelock::{self, WorkloadLock};
+use super::paths;
 use super::restore::{
     finish_forward, held, quiesce_and_swap, refuse_pending_journal, reopen_parents, roll_back,
     run_snapshot,
 };
 use super::swap::{self, Side};
-use super::{Engine, LockWait, blocking, paths, wait_for_node_lock};
 use crate::crash_point;
 
 use failure::UNDO_UNAVAILABLE;

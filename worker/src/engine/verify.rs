@@ -19,7 +19,7 @@ use volsnap_archive::diff::VolumeDiff;
 use volsnap_shared::failure;
 use volsnap_shared::queue::JobContext;
 
-use super::Engine;
+use super::context::Engine;
 use super::dirs::ParentDir;
 use super::error::Failure;
 use super::journal::{Journal, Outcome};
