@@ -871,54 +871,77 @@ async fn a_transient_fault_before_any_change_is_retried_with_backoff(pool: PgPoo
     assert!(j.error_code.is_none());
 }
 
-/// A job claimed for recovery (an earlier attempt may have changed the node) that hits
-/// a transient fault before recovering goes back to the queue still `recovering` with
-/// its point-of-no-return flag: the next claim recovers it rather than running it
+/// A job claimed for recovery (an earlier attempt may have changed the node) whose
+/// workload lock cannot be taken (its lock connection was killed) goes back to the
+/// queue still `recovering`, so the next claim recovers it rather than running it
 /// afresh (found by the backend-kills chaos test: a restore swapped by one attempt was
 /// re-run fresh by the next and failed with the data restored).
 #[sqlx::test(migrator = "volsnap_shared::MIGRATOR")]
-async fn a_retry_keeps_a_job_recovering(pool: PgPool) {
+async fn a_failed_lock_taking_keeps_a_recovery_a_recovery(pool: PgPool) {
     #[derive(Default)]
-    struct FlakyRecovery(Mutex<Vec<bool>>);
-    impl JobHandler for FlakyRecovery {
+    struct Seen(Mutex<Vec<(JobId, bool)>>);
+    impl JobHandler for Seen {
         async fn run(&self, ctx: JobContext) -> JobOutcome {
-            let mut seen = self.0.lock().unwrap();
-            seen.push(ctx.job.recovering);
-            if seen.len() == 1 {
-                JobOutcome::retry("database_unavailable", "connection reset")
-            } else {
-                JobOutcome::Succeeded
-            }
+            self.0
+                .lock()
+                .unwrap()
+                .push((ctx.job.id, ctx.job.recovering));
+            JobOutcome::Succeeded
         }
     }
     let w = workload(&pool, "n1").await;
-    let id = enqueue(&pool, &new_job(w, "n1")).await.unwrap();
+    let first = enqueue(&pool, &new_job(w, "n1")).await.unwrap();
+    let seen = Arc::new(Seen::default());
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(run(
+        pool.clone(),
+        fast_config("n1"),
+        seen.clone(),
+        stop.clone(),
+    ));
+    wait_until("the first job ran", Duration::from_secs(10), || async {
+        job_state(&pool, first).await == JobState::Succeeded
+    })
+    .await;
+    // Kill the idle lock connection: the next job's lock-taking fails.
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() \
+           AND query LIKE '%pg_advisory_unlock%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1, "the lock connection was not found");
     // As the rescuer leaves a job whose owner died past its point of no return.
+    let mut tx = pool.begin().await.unwrap();
+    let second = queue::enqueue(&mut tx, &new_job(w, "n1")).await.unwrap().id;
     sqlx::query(
         "UPDATE jobs SET recovering = true, past_point_of_no_return = true, \
          phase = 'awaiting recovery' WHERE id = $1",
     )
-    .bind(id)
-    .execute(&pool)
+    .bind(second)
+    .execute(&mut *tx)
     .await
     .unwrap();
-    let mut cfg = fast_config("n1");
-    cfg.retry.backoff = Duration::from_millis(10);
-    let runs = Arc::new(FlakyRecovery::default());
-    let stop = CancellationToken::new();
-    let worker = tokio::spawn(run(pool.clone(), cfg, runs.clone(), stop.clone()));
-    wait_until(
-        "the retried recovery succeeded",
-        Duration::from_secs(15),
-        || async { job_state(&pool, id).await == JobState::Succeeded },
-    )
+    tx.commit().await.unwrap();
+    wait_until("the second job ran", Duration::from_secs(15), || async {
+        job_state(&pool, second).await == JobState::Succeeded
+    })
     .await;
     stop.cancel();
     worker.await.unwrap().unwrap();
-    let runs = runs.0.lock().unwrap().clone();
-    assert_eq!(runs, vec![true, true], "both claims must be recoveries");
-    let j = queue::get_job(&pool, id).await.unwrap().unwrap();
-    assert_eq!(j.retries, 1);
+    let runs: Vec<bool> = seen
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(id, _)| *id == second)
+        .map(|(_, r)| *r)
+        .collect();
+    assert_eq!(runs, vec![true], "the handler must see a recovery");
+    let j = queue::get_job(&pool, second).await.unwrap().unwrap();
+    assert!(j.attempt >= 2, "the first claim failed to lock: {j:?}");
 }
 
 /// Retries are bounded: a job that keeps hitting transient faults fails with the

@@ -239,20 +239,17 @@ pub(super) async fn apply_outcome(
     let ends_with = match outcome {
         JobOutcome::Abandon => return Ok(false),
         JobOutcome::Retry { code, message } => {
-            // Back to the queue, untouched, while retries are left. This attempt changed
-            // nothing — but an earlier one may have: a job claimed for recovery that hit
-            // a transient fault (e.g. taking its workload lock) before recovering stays
-            // `recovering`, with its point-of-no-return flag, so the next claim recovers
-            // it instead of running it afresh over what the earlier attempt left (found
-            // by the backend-kills chaos test: a restore swapped by attempt 1, re-run
-            // fresh by attempt 3, failed with the data restored).
+            // Back to the queue, untouched, while retries are left. It changed nothing,
+            // so the point of no return and recovery flags are reset too (a recovery
+            // that found nothing changed ends here; a claim for recovery that could not
+            // even start is handed back `recovering` by the executor instead).
             let n = sqlx::query(
-                "UPDATE jobs SET state = 'queued', worker_id = NULL, retries = retries + 1, \
+                "UPDATE jobs SET state = 'queued', worker_id = NULL, recovering = false, \
+                 past_point_of_no_return = false, retries = retries + 1, \
                  last_transient_error = $3, \
                  run_after = clock_timestamp() + make_interval(secs => \
                    least($4 * power(2, least(retries, 30)), $5)), \
-                 phase = CASE WHEN recovering THEN 'awaiting recovery' \
-                   ELSE 'queued: retry ' || (retries + 1) || ' after a transient fault' END \
+                 phase = 'queued: retry ' || (retries + 1) || ' after a transient fault' \
                  WHERE id = $1 AND attempt = $2 AND state = 'running' AND retries < $6",
             )
             .bind(id)

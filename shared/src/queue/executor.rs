@@ -55,13 +55,21 @@ pub(super) async fn run_one<H: JobHandler>(
             Ok(l) => l,
             Err(e) => {
                 // Nothing ran: put the job back (with a backoff) rather than leave it to the
-                // orphan check, which would queue it for recovery.
+                // orphan check, which would queue it for recovery. A job claimed for
+                // recovery stays `recovering`: an earlier attempt may have changed the
+                // node, so it must not come back as a fresh run (found by the
+                // backend-kills chaos test: a restore swapped by one attempt was re-run
+                // afresh by the next and failed with the data restored).
                 tracing::warn!(job_id = %id, error = %e, "taking the workload lock failed; job queued again");
                 let mut conn = pool.acquire().await?;
-                let outcome = JobOutcome::retry(
-                    &crate::failure::DATABASE_UNAVAILABLE.as_str(),
-                    "the workload lock could not be taken (database connection lost)",
-                );
+                let outcome = if ctx.job.recovering {
+                    JobOutcome::RequeueForRecovery
+                } else {
+                    JobOutcome::retry(
+                        &crate::failure::DATABASE_UNAVAILABLE.as_str(),
+                        "the workload lock could not be taken (database connection lost)",
+                    )
+                };
                 apply_outcome(&mut conn, id, attempt, &outcome, retry).await?;
                 return Ok(false);
             }
