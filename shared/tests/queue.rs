@@ -871,6 +871,20 @@ async fn a_transient_fault_before_any_change_is_retried_with_backoff(pool: PgPoo
     assert!(j.error_code.is_none());
 }
 
+/// Terminate the worker's idle lock connection (its last statement released a lock):
+/// holding no lock, nothing notices until the next job asks for one.
+async fn kill_idle_lock_connection(pool: &PgPool) {
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() \
+           AND query LIKE '%pg_advisory_unlock%'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1, "the lock connection was not found");
+}
+
 /// A job claimed for recovery (an earlier attempt may have changed the node) whose
 /// workload lock cannot be taken (its lock connection was killed) goes back to the
 /// queue still `recovering`, so the next claim recovers it rather than running it
@@ -904,15 +918,7 @@ async fn a_failed_lock_taking_keeps_a_recovery_a_recovery(pool: PgPool) {
     })
     .await;
     // Kill the idle lock connection: the next job's lock-taking fails.
-    let killed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE datname = current_database() AND pid <> pg_backend_pid() \
-           AND query LIKE '%pg_advisory_unlock%'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(killed, 1, "the lock connection was not found");
+    kill_idle_lock_connection(&pool).await;
     // As the rescuer leaves a job whose owner died past its point of no return.
     let mut tx = pool.begin().await.unwrap();
     let second = queue::enqueue(&mut tx, &new_job(w, "n1")).await.unwrap().id;
@@ -997,15 +1003,7 @@ async fn a_failed_lock_taking_is_a_retry(pool: PgPool) {
     .await;
     // The lock connection is idle now (its last statement released the lock): kill it.
     // Holding no lock, nothing notices until the next job asks for one.
-    let killed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE datname = current_database() AND pid <> pg_backend_pid() \
-           AND query LIKE '%pg_advisory_unlock%'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(killed, 1, "the lock connection was not found");
+    kill_idle_lock_connection(&pool).await;
     let second = enqueue(&pool, &new_job(w, "n1")).await.unwrap();
     wait_until("the second job ran", Duration::from_secs(15), || async {
         job_state(&pool, second).await == JobState::Succeeded

@@ -7,9 +7,9 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{AssertSqlSafe, PgExecutor, PgPool};
+use sqlx::{PgExecutor, PgPool};
 
-use super::jobs::JobFilter;
+use super::jobs::{FILTER_WHERE, JobFilter};
 use super::{Cursor, Page};
 use crate::domain::{JOB_COLUMNS, Job};
 use crate::ids::{JobId, SnapshotId};
@@ -75,13 +75,7 @@ pub async fn list_jobs(
 ) -> Result<Page<Job>, sqlx::Error> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "SELECT {JOB_COLUMNS} FROM jobs \
-             WHERE (cardinality($1::text[]) = 0 OR state = ANY($1)) \
-               AND (cardinality($2::text[]) = 0 OR kind = ANY($2)) \
-               AND ($3::uuid IS NULL OR workload_id = $3) \
-               AND ($4::uuid IS NULL OR batch_id = $4) \
-               AND ($5::text IS NULL OR node = $5) \
-               AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7)) \
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE {FILTER_WHERE} \
                AND ($9::text IS NULL AND $10::text IS NULL OR workload_id IN ( \
                      SELECT w.id FROM workloads w \
                      WHERE ($9::text IS NULL OR w.project = $9) AND ($10::text IS NULL OR w.stage = $10))) \
@@ -96,18 +90,8 @@ pub async fn list_jobs(
              ORDER BY created_at DESC, id DESC LIMIT $8"
         )
     });
-    let limit = f.limit.clamp(1, super::MAX_LIMIT);
-    let states: Vec<&str> = f.states.iter().map(|s| s.as_str()).collect();
-    let kinds: Vec<&str> = f.kinds.iter().map(|k| k.as_str()).collect();
-    let rows = sqlx::query_as::<_, Job>(AssertSqlSafe(SQL.as_str()))
-        .bind(states)
-        .bind(kinds)
-        .bind(f.workload_id)
-        .bind(f.batch_id)
-        .bind(&f.node)
-        .bind(f.before.map(|c| c.created_at))
-        .bind(f.before.map(|c| c.id))
-        .bind(limit + 1)
+    let (q, limit) = super::jobs::filtered(SQL.as_str(), f);
+    let rows = q
         .bind(&s.project)
         .bind(&s.stage)
         .bind(&s.text)

@@ -20,24 +20,28 @@ pub struct JobFilter {
     pub limit: i64,
 }
 
-/// Jobs newest first (`created_at DESC, id DESC`, served by `jobs_list_idx`).
-pub async fn list(pool: &PgPool, f: &JobFilter) -> Result<Page<Job>, sqlx::Error> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "SELECT {JOB_COLUMNS} FROM jobs \
-             WHERE (cardinality($1::text[]) = 0 OR state = ANY($1)) \
+/// The [`JobFilter`] conditions, on `$1`..`$7` as [`filtered`] binds them (a listing
+/// adds its own conditions after these and ends with `LIMIT $8`).
+pub(super) const FILTER_WHERE: &str = "(cardinality($1::text[]) = 0 OR state = ANY($1)) \
                AND (cardinality($2::text[]) = 0 OR kind = ANY($2)) \
                AND ($3::uuid IS NULL OR workload_id = $3) \
                AND ($4::uuid IS NULL OR batch_id = $4) \
                AND ($5::text IS NULL OR node = $5) \
-               AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7)) \
-             ORDER BY created_at DESC, id DESC LIMIT $8"
-        )
-    });
+               AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7))";
+
+/// A job listing `sql` with `f` bound as `$1`..`$8` (`$8` is the page size plus one, to
+/// tell whether a next page exists); the page size, clamped.
+pub(super) fn filtered<'q>(
+    sql: &'static str,
+    f: &'q JobFilter,
+) -> (
+    sqlx::query::QueryAs<'q, sqlx::Postgres, Job, sqlx::postgres::PgArguments>,
+    i64,
+) {
     let limit = f.limit.clamp(1, super::MAX_LIMIT);
     let states: Vec<&str> = f.states.iter().map(|s| s.as_str()).collect();
     let kinds: Vec<&str> = f.kinds.iter().map(|k| k.as_str()).collect();
-    let rows = sqlx::query_as::<_, Job>(AssertSqlSafe(SQL.as_str()))
+    let q = sqlx::query_as::<_, Job>(AssertSqlSafe(sql))
         .bind(states)
         .bind(kinds)
         .bind(f.workload_id)
@@ -45,9 +49,20 @@ pub async fn list(pool: &PgPool, f: &JobFilter) -> Result<Page<Job>, sqlx::Error
         .bind(&f.node)
         .bind(f.before.map(|c| c.created_at))
         .bind(f.before.map(|c| c.id))
-        .bind(limit + 1)
-        .fetch_all(pool)
-        .await?;
+        .bind(limit + 1);
+    (q, limit)
+}
+
+/// Jobs newest first (`created_at DESC, id DESC`, served by `jobs_list_idx`).
+pub async fn list(pool: &PgPool, f: &JobFilter) -> Result<Page<Job>, sqlx::Error> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE {FILTER_WHERE} \
+             ORDER BY created_at DESC, id DESC LIMIT $8"
+        )
+    });
+    let (q, limit) = filtered(SQL.as_str(), f);
+    let rows = q.fetch_all(pool).await?;
     Ok(super::page_of(rows, limit, |j| Cursor {
         created_at: j.created_at,
         id: j.id.0,
