@@ -136,6 +136,29 @@ async fn archive_done(
     }
 }
 
+/// Put a job of `kind` for workload `w` on the bench node's queue.
+async fn enqueue(
+    pool: &PgPool,
+    kind: JobKind,
+    w: WorkloadId,
+    snapshot_id: Option<SnapshotId>,
+    verify: bool,
+) -> volsnap_shared::ids::JobId {
+    let mut conn = pool.acquire().await.unwrap();
+    let job = NewJob {
+        kind,
+        workload_id: w,
+        snapshot_id,
+        node: NODE.into(),
+        batch_id: None,
+        requested_by: None,
+    };
+    queue::enqueue_with(&mut conn, &job, &queue::JobOptions { verify })
+        .await
+        .unwrap()
+        .id
+}
+
 /// Wait for `job` to succeed (it must); its run time, start to finish, in seconds.
 async fn job_seconds(pool: &PgPool, job: volsnap_shared::ids::JobId) -> f64 {
     loop {
@@ -282,22 +305,7 @@ async fn main() {
 
         eprintln!("== {mib} MiB: restore through the worker");
         let before = downtime_sum(&pool).await;
-        let mut conn = pool.acquire().await.unwrap();
-        let job = queue::enqueue(
-            &mut conn,
-            &NewJob {
-                kind: JobKind::Restore,
-                workload_id: w,
-                snapshot_id: Some(sid),
-                node: NODE.into(),
-                batch_id: None,
-                requested_by: None,
-            },
-        )
-        .await
-        .unwrap()
-        .id;
-        drop(conn);
+        let job = enqueue(&pool, JobKind::Restore, w, Some(sid), false).await;
         let t0 = Instant::now();
         let mut to_running = None;
         let mut phases: Vec<(String, f64)> = vec![];
@@ -334,25 +342,10 @@ async fn main() {
             (a.finished_at.unwrap() - a.started_at.unwrap()).num_milliseconds() as f64 / 1000.0;
         eprintln!("== {mib} MiB: undo (by directory)");
         let before_undo = downtime_sum(&pool).await;
-        let mut conn = pool.acquire().await.unwrap();
-        let undo = queue::enqueue(
-            &mut conn,
-            &NewJob {
-                kind: JobKind::Undo,
-                workload_id: w,
-                snapshot_id: None,
-                node: NODE.into(),
-                batch_id: None,
-                requested_by: None,
-            },
-        )
-        .await
-        .unwrap()
-        .id;
-        volsnap_shared::db::jobs::set_source(&mut *conn, undo, job)
+        let undo = enqueue(&pool, JobKind::Undo, w, None, false).await;
+        volsnap_shared::db::jobs::set_source(&pool, undo, job)
             .await
             .unwrap();
-        drop(conn);
         let undo_whole = job_seconds(&pool, undo).await;
         let undo_down = downtime_sum(&pool).await - before_undo;
         // Its own kept copy is archived too; let it finish before the next timings.
@@ -360,23 +353,7 @@ async fn main() {
 
         eprintln!("== {mib} MiB: the same restore, verified");
         let before_v = downtime_sum(&pool).await;
-        let mut conn = pool.acquire().await.unwrap();
-        let vjob = queue::enqueue_with(
-            &mut conn,
-            &NewJob {
-                kind: JobKind::Restore,
-                workload_id: w,
-                snapshot_id: Some(sid),
-                node: NODE.into(),
-                batch_id: None,
-                requested_by: None,
-            },
-            &queue::JobOptions { verify: true },
-        )
-        .await
-        .unwrap()
-        .id;
-        drop(conn);
+        let vjob = enqueue(&pool, JobKind::Restore, w, Some(sid), true).await;
         let verified_whole = job_seconds(&pool, vjob).await;
         let verified_down = downtime_sum(&pool).await - before_v;
         verified.push((mib, engine_down, verified_down, whole, verified_whole));
@@ -440,9 +417,8 @@ async fn main() {
             .await
             .unwrap()
             .unwrap();
-        let mut conn = pool.acquire().await.unwrap();
         let snap = volsnap_shared::db::snapshots::insert_capturing(
-            &mut *conn,
+            &pool,
             SnapshotId::new(),
             w,
             &workload.node,
@@ -452,21 +428,7 @@ async fn main() {
         .unwrap()
         .expect("a new snapshot row");
         let _ = Command::new("sync").status();
-        let cjob = queue::enqueue(
-            &mut conn,
-            &NewJob {
-                kind: JobKind::Capture,
-                workload_id: w,
-                snapshot_id: Some(snap.id),
-                node: NODE.into(),
-                batch_id: None,
-                requested_by: None,
-            },
-        )
-        .await
-        .unwrap()
-        .id;
-        drop(conn);
+        let cjob = enqueue(&pool, JobKind::Capture, w, Some(snap.id), false).await;
         let capture_whole = job_seconds(&pool, cjob).await;
         let captured = volsnap_shared::db::snapshots::get(&pool, snap.id)
             .await
