@@ -235,6 +235,20 @@ impl JournalDir {
         out.sort();
         Ok(out)
     }
+
+    /// Whether an open journal on this node matches `pred`. A directory or journal that
+    /// cannot be read counts as a match: it is kept for recovery, so whatever waits for
+    /// it must go on waiting.
+    pub fn any_open(&self, pred: impl Fn(&Journal) -> bool) -> bool {
+        let Ok(ids) = self.list() else {
+            return true;
+        };
+        ids.into_iter().any(|id| match self.read(id) {
+            Ok(Some(j)) => pred(&j),
+            Ok(None) => false,
+            Err(_) => true,
+        })
+    }
 }
 
 /// Open (creating) the temp file at `tmp` and hold an exclusive lock on it. Retries

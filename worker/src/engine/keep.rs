@@ -280,7 +280,7 @@ pub async fn sweep(eng: &Engine) -> Result<(), Failure> {
         else {
             continue;
         };
-        if has_open_journal(eng, rec.workload_id) {
+        if eng.journals.any_open(|j| j.workload_id == rec.workload_id) {
             continue;
         }
         // The copy's own lock: its archive job (which holds no workload lock) or an
@@ -303,17 +303,6 @@ pub async fn sweep(eng: &Engine) -> Result<(), Failure> {
         }
     }
     Ok(())
-}
-
-fn has_open_journal(eng: &Engine, workload: WorkloadId) -> bool {
-    let Ok(ids) = eng.journals.list() else {
-        return true;
-    };
-    ids.into_iter().any(|id| match eng.journals.read(id) {
-        Ok(Some(j)) => j.workload_id == workload,
-        Ok(None) => false,
-        Err(_) => true,
-    })
 }
 
 async fn maintain(eng: &Engine, mut rec: KeepRecord) -> Result<(), Failure> {

@@ -108,7 +108,7 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
     }
     // An undo of this copy that crashed mid-way is recovered first: until then the
     // copy may be half swapped back.
-    if undo_of_copy_pending(eng, rec.job_id) {
+    if eng.journals.any_open(|j| j.undoes == Some(rec.job_id)) {
         return Err(Stop::Retry(Failure::new(
             failure::INTERNAL,
             "an interrupted undo of this copy is awaiting recovery",
@@ -143,19 +143,6 @@ pub async fn run(eng: &Engine, ctx: &JobContext) -> Result<Outcome, Stop> {
             })
         }
     }
-}
-
-/// Whether this node holds an unfinished journal of an undo that swaps the copy kept by
-/// `keeper` back in (an unreadable journal counts: it is kept for recovery).
-fn undo_of_copy_pending(eng: &Engine, keeper: volsnap_shared::ids::JobId) -> bool {
-    let Ok(ids) = eng.journals.list() else {
-        return true;
-    };
-    ids.into_iter().any(|id| match eng.journals.read(id) {
-        Ok(Some(j)) => j.undoes == Some(keeper),
-        Ok(None) => false,
-        Err(_) => true,
-    })
 }
 
 fn rel_of(rec: &KeepRecord) -> String {
